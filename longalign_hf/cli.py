@@ -1,0 +1,38 @@
+"""The `longalign` command: `longalign data ...` and `longalign eval ...`, thin over the library modules."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+
+# Each module registers its subcommands with `add_parser(subparsers)`: (group, module) pairs.
+_COMMAND_MODULES: list[tuple[str, str]] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longalign",
+        description="LongAlign for the Hugging Face stack: build data sets, evaluate long-context models.",
+    )
+    groups = parser.add_subparsers(dest="group", metavar="{data,eval}", required=True)
+    data = groups.add_parser("data", help="build, generate and publish data sets")
+    evaluation = groups.add_parser("eval", help="evaluate a model (LongBench-Chat, needle in a haystack)")
+    subparsers = {
+        "data": data.add_subparsers(dest="command", required=True),
+        "eval": evaluation.add_subparsers(dest="command", required=True),
+    }
+    for group, module_name in _COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers[group])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
