@@ -1,3 +1,20 @@
 """longalign-hf: the LongAlign recipe (packing, loss weighting, LongBench-Chat) as plug-ins for TRL and Accelerate."""
 
+from .collator import LongAlignDataCollator
+from .config import LongAlignConfig
+from .packed_dataset import pack_dataset
+from .packing import pack_stats, plan_packs
+from .sampler import SortedBatchSampler
+from .trainer import LongAlignSFTTrainer
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "LongAlignConfig",
+    "LongAlignDataCollator",
+    "LongAlignSFTTrainer",
+    "SortedBatchSampler",
+    "pack_dataset",
+    "pack_stats",
+    "plan_packs",
+]

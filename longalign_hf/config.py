@@ -1,0 +1,137 @@
+"""`LongAlignConfig`: TRL's `SFTConfig` plus the LongAlign batching and loss-weighting switches."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from trl import SFTConfig
+
+logger = logging.getLogger(__name__)
+
+BATCHING_MODES = ("naive", "sort", "pack")
+LOSS_WEIGHTINGS = ("sequence", "token")
+PACK_PLANNERS = ("bfd", "next_fit")
+PACK_SCHEDULES = ("balanced", "random")
+
+
+@dataclass
+class LongAlignConfig(SFTConfig):
+    r"""
+    Configuration class for [`LongAlignSFTTrainer`]: every [`trl.SFTConfig`] option plus the LongAlign ones below.
+
+    TRL's own `packing` and `padding_free` must stay off: `batching="pack"` replaces them with LongAlign packing, whose
+    collator keeps the per-sample bookkeeping that exact loss weighting needs.
+
+    Parameters:
+        batching (`str`, *optional*, defaults to `"pack"`):
+            How samples become batches. `"naive"`: random batches of `per_device_train_batch_size` samples, padded.
+            `"sort"`: sorted batching (LongAlign 3.3): samples sorted by length, cut into groups of one global batch,
+            group order shuffled; every device in a step gets samples of similar length. `"pack"`: samples packed
+            into rows of at most `max_length` tokens with attention kept inside each sample;
+            `per_device_train_batch_size` then counts packs. The paper's recipe packs; it recommends sorting for
+            Llama-2.
+        loss_weighting (`str`, *optional*, defaults to `"sequence"`):
+            `"sequence"`: every sample counts equally in the global batch, the LongAlign loss weighting
+            (`(1/M) * sum_i L_i / N_i` over the M samples of every device and accumulation step). `"token"`: every
+            target token counts equally (`sum_i L_i / sum_i N_i`, TRL's default).
+        pack_planner (`str`, *optional*, defaults to `"bfd"`):
+            How samples are grouped into packs: `"bfd"` (best-fit decreasing, fewest packs) or `"next_fit"` (the
+            reference code: in data order, a new pack when the next sample does not fit).
+        pack_schedule (`str`, *optional*, defaults to `"balanced"`):
+            Order of the packs. `"balanced"`: packs of similar compute cost share a step (so no device waits for one
+            holding a long sample), steps shuffled. `"random"`: packs in random order.
+        attention_cost_constant (`float`, *optional*):
+            The constant C of the per-sample cost `L + L**2 / C` that the balanced schedule uses. `None` derives it
+            from the model: `12 * hidden_size` (a layer spends about `24 h^2` FLOPs per token on its matrices and
+            `2 h` per causal token pair on attention).
+        overflow (`str`, *optional*, defaults to `"truncate"`):
+            Samples longer than `max_length`: `"truncate"` cuts them from the right (the paper), `"drop"` drops them.
+            Either way they are counted in the log.
+        bad_rows (`str`, *optional*, defaults to `"error"`):
+            Rows without a usable conversation: `"error"` stops with the row and the reason, `"skip"` drops and counts
+            them.
+    """
+
+    batching: str = field(
+        default="pack",
+        metadata={
+            "help": "How samples become batches: naive, sort or pack (LongAlign's default).",
+            "choices": BATCHING_MODES,
+        },
+    )
+    loss_weighting: str = field(
+        default="sequence",
+        metadata={
+            "help": "sequence: every sample counts equally in the global batch (LongAlign); token: every target token "
+            "counts equally (TRL's default).",
+            "choices": LOSS_WEIGHTINGS,
+        },
+    )
+    pack_planner: str = field(
+        default="bfd",
+        metadata={
+            "help": "bfd (best-fit decreasing) or next_fit (the reference code's greedy packing).",
+            "choices": PACK_PLANNERS,
+        },
+    )
+    pack_schedule: str = field(
+        default="balanced",
+        metadata={
+            "help": "balanced: packs of similar compute cost share a step; random: shuffled.",
+            "choices": PACK_SCHEDULES,
+        },
+    )
+    attention_cost_constant: float | None = field(
+        default=None,
+        metadata={"help": "C in the per-sample cost L + L^2/C of the balanced schedule; None: 12 * hidden_size."},
+    )
+    overflow: str = field(
+        default="truncate",
+        metadata={
+            "help": "Samples over max_length: truncate (from the right, as the paper) or drop.",
+            "choices": ("truncate", "drop"),
+        },
+    )
+    bad_rows: str = field(
+        default="error",
+        metadata={
+            "help": "Rows without a usable conversation: error (stop) or skip (drop and count).",
+            "choices": ("error", "skip"),
+        },
+    )
+
+    def __post_init__(self):
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            # Without it, transformers starts no process group on a CPU-only machine: every process would train
+            # alone on all the data.
+            logger.warning("Several processes and no GPU: setting use_cpu=True so they train together over gloo")
+            self.use_cpu = True
+        if self.bf16 is None and not self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
+            # TRL turns bf16 on by default, which transformers refuses on a CPU; the user can still ask for it.
+            self.bf16 = False
+        super().__post_init__()
+        checks = {
+            "batching": BATCHING_MODES,
+            "loss_weighting": LOSS_WEIGHTINGS,
+            "pack_planner": PACK_PLANNERS,
+            "pack_schedule": PACK_SCHEDULES,
+            "overflow": ("truncate", "drop"),
+            "bad_rows": ("error", "skip"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "TRL's `packing` / `padding_free` cannot be combined with LongAlign's collator: set `batching='pack'` "
+                "instead and leave `packing` and `padding_free` off."
+            )
+        if self.batching == "pack" and self.max_length is None:
+            raise ValueError(
+                "`batching='pack'` needs `max_length` (the size of a pack); set it, e.g. `max_length=65536`."
+            )
+        if self.attention_cost_constant is not None and self.attention_cost_constant <= 0:
+            raise ValueError(f"`attention_cost_constant` must be positive, got {self.attention_cost_constant}")
