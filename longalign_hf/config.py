@@ -45,8 +45,8 @@ class LongAlignConfig(SFTConfig):
             holding a long sample), steps shuffled. `"random"`: packs in random order.
         attention_cost_constant (`float`, *optional*):
             The constant C of the per-sample cost `L + L**2 / C` that the balanced schedule uses. `None` derives it
-            from the model: `12 * hidden_size` (a layer spends about `24 h^2` FLOPs per token on its matrices and
-            `2 h` per causal token pair on attention).
+            from the model: `6 * hidden_size`, the ratio of a layer's matrix FLOPs per token (`24 h^2`) to its
+            attention FLOPs per token pair (`4 h`); see [`longalign_hf.packing.sample_cost`].
         overflow (`str`, *optional*, defaults to `"truncate"`):
             Samples longer than `max_length`: `"truncate"` cuts them from the right (the paper), `"drop"` drops them.
             Either way they are counted in the log.
@@ -55,6 +55,14 @@ class LongAlignConfig(SFTConfig):
             them.
     """
 
+    # TRL turns checkpointing on through the deprecated `gradient_checkpointing` name; use the current one.
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory (on by default, as in TRL)."},
+    )
     batching: str = field(
         default="pack",
         metadata={
@@ -86,7 +94,7 @@ class LongAlignConfig(SFTConfig):
     )
     attention_cost_constant: float | None = field(
         default=None,
-        metadata={"help": "C in the per-sample cost L + L^2/C of the balanced schedule; None: 12 * hidden_size."},
+        metadata={"help": "C in the per-sample cost L + L^2/C of the balanced schedule; None: 6 * hidden_size."},
     )
     overflow: str = field(
         default="truncate",
@@ -112,6 +120,8 @@ class LongAlignConfig(SFTConfig):
         if self.bf16 is None and not self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
             # TRL turns bf16 on by default, which transformers refuses on a CPU; the user can still ask for it.
             self.bf16 = False
+        if self.use_cpu or not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin memory for
         super().__post_init__()
         checks = {
             "batching": BATCHING_MODES,

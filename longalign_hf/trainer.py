@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import datasets
 import numpy as np
@@ -14,6 +15,7 @@ from .collator import BOOKKEEPING_KEYS, LOSS_NUM_TARGETS, LOSS_SAMPLE_IDS, LongA
 from .config import LongAlignConfig
 from .loss import weighted_nll_sum
 from .packed_dataset import pack_dataset
+from .packing import sample_cost
 from .sampler import SortedBatchSampler
 from .sft_data import prepare_sft_dataset
 
@@ -97,6 +99,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._pack(self.eval_dataset)
         self._step_totals: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._throughput_mark: tuple[float, int] | None = None
 
     # ---- data -------------------------------------------------------------------------------------------------
 
@@ -141,15 +144,12 @@ class LongAlignSFTTrainer(SFTTrainer):
     def _attention_cost_constant(self) -> float:
         if self.args.attention_cost_constant is not None:
             return self.args.attention_cost_constant
-        return 12.0 * self.model.config.get_text_config().hidden_size
+        return 6.0 * self.model.config.get_text_config().hidden_size
 
     def _pack(self, dataset: datasets.Dataset) -> datasets.Dataset:
         packed = pack_dataset(dataset, self.args.max_length, strategy=self.args.pack_planner)
         constant = self._attention_cost_constant()
-        costs = [
-            float(sum(length + length * length / constant for length in seq_lengths))
-            for seq_lengths in packed["seq_lengths"]
-        ]
+        costs = [float(sample_cost(np.asarray(lengths), constant).sum()) for lengths in packed["seq_lengths"]]
         packed = packed.add_column("cost", costs)
         num_samples = np.asarray(packed["num_samples"])
         logger.info(
@@ -203,7 +203,19 @@ class LongAlignSFTTrainer(SFTTrainer):
                 "weight. Check the assistant turns of your data and `max_length` (targets may have been truncated)."
             )
         self._step_totals = (totals[0], totals[1])
+        if self._throughput_mark is None:
+            self._throughput_mark = (time.perf_counter(), self._total_train_tokens)
         return batch_samples, num_items_in_batch
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._throughput_mark is not None:
+            # Tokens of every process (padding included) per second since the last log.
+            now, tokens = time.perf_counter(), self._total_train_tokens
+            logs["tokens_per_second"] = round(
+                (tokens - self._throughput_mark[1]) / (now - self._throughput_mark[0]), 1
+            )
+            self._throughput_mark = (now, tokens)
+        super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         missing = [key for key in BOOKKEEPING_KEYS if key not in inputs]

@@ -35,11 +35,11 @@ TINY_DEFAULTS = {
     "num_train_epochs": 1,
     "learning_rate": 1e-3,
     "lr_scheduler_type": "cosine",
-    "warmup_ratio": 0.03,
+    "warmup_steps": 0.03,
     "logging_steps": 5,
     "save_strategy": "no",
     "bf16": False,
-    "gradient_checkpointing": False,
+    "activation_checkpointing": False,
     "report_to": "none",
     "seed": 42,
 }
@@ -65,7 +65,9 @@ def parse_args(argv: list[str] | None = None):
     if model_args.model_name_or_path is None:
         # Command-line values still win: the defaults only replace the unset options.
         parser = make_parser()
-        parser.set_defaults_with_config(**TINY_DEFAULTS)
+        unused = parser.set_defaults_with_config(**TINY_DEFAULTS)
+        if unused:
+            raise ValueError(f"embedded default options unknown to this TRL/transformers: {unused}")
         script_args, training_args, model_args, mixture = parser.parse_args_and_config(argv)
     return script_args, training_args, model_args, mixture
 
@@ -85,7 +87,7 @@ def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignCo
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
     )
     if training_args.chat_template_path:
         path = training_args.chat_template_path
@@ -101,7 +103,7 @@ def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignCo
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
         attn_implementation=attention,
         dtype=model_args.dtype or "auto",
         **(training_args.model_init_kwargs or {}),
@@ -131,9 +133,12 @@ def load_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConf
 
 
 def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, mixture: DatasetMixtureConfig):
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # Only the main process reports; the others speak up for warnings and errors.
+    level = logging.INFO if training_args.process_index == 0 else logging.WARNING
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
     transformers.utils.logging.set_verbosity_warning()
-    logging.getLogger("longalign_hf").setLevel(logging.INFO)
+    datasets.utils.logging.set_verbosity(level)
+    logging.getLogger("longalign_hf").setLevel(level)
     embedded = model_args.model_name_or_path is None
 
     tokenizer, model = load_tokenizer_and_model(model_args, training_args)

@@ -113,7 +113,7 @@ def run_case(case: dict, output_dir: str) -> dict:
         max_length=MAX_LENGTH,
         per_device_train_batch_size=rows // (world * accumulation),
         gradient_accumulation_steps=accumulation,
-        gradient_checkpointing=case.get("gradient_checkpointing", False),
+        activation_checkpointing=case.get("activation_checkpointing", False),
         max_steps=1,
         max_grad_norm=0.0,
         learning_rate=1e-3,
@@ -136,7 +136,11 @@ def run_case(case: dict, output_dir: str) -> dict:
     )  # fmt: skip
     initial_state = copy.deepcopy(trainer.model.state_dict())
     trainer.train()
-    result = {"grads": grads.grads, "loss": losses.losses[0] if losses.losses else None}
+    result = {
+        "grads": grads.grads,
+        "loss": losses.losses[0] if losses.losses else None,
+        "world_size": trainer.accelerator.num_processes,
+    }
     if trainer.accelerator.is_main_process:
         # Back to the weights the step started from; the plain forward (no fused head) gives full logits.
         model = trainer.accelerator.unwrap_model(trainer.model)

@@ -1,0 +1,78 @@
+"""Shared by the benchmarks: the long-tailed length mix of LongAlign's training data, and output helpers.
+
+The output helpers print the command line and the machine above a Markdown table, so a run pastes into
+BENCHMARKS.md with its provenance.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def long_tailed_lengths(
+    n_short: int,
+    n_long: int,
+    seed: int,
+    max_length: int = 65536,
+    short_median: float = 600.0,
+    short_sigma: float = 1.0,
+    long_min: int = 8192,
+) -> np.ndarray:
+    """Token counts shaped like LongAlign's training mix: many short chats plus long documents spread evenly.
+
+    The paper mixes ShareGPT (general chat, mostly a few hundred to a couple of thousand tokens) with LongAlign-10k
+    (about 10k samples spread evenly over 8k-64k tokens). Short samples are log-normal with median `short_median`
+    and log-space spread `short_sigma` (the defaults put the mean near 1k tokens and 90% under ~2.2k), rounded and
+    clipped to [16, `max_length`]; long samples are uniform integers over [`long_min`, `max_length`]. The two are
+    shuffled together, so data order carries no length signal.
+
+    Args:
+        n_short (`int`): number of short (chat-like) samples.
+        n_long (`int`): number of long (document) samples.
+        seed (`int`): seed of numpy's `default_rng`; the same arguments give the same lengths.
+        max_length (`int`, *optional*, defaults to `65536`): longest allowed sample.
+        short_median (`float`, *optional*, defaults to `600.0`): median of the short samples.
+        short_sigma (`float`, *optional*, defaults to `1.0`): sigma of the log-normal.
+        long_min (`int`, *optional*, defaults to `8192`): shortest long sample.
+
+    Example:
+        >>> lengths = long_tailed_lengths(1000, 10, seed=0)
+        >>> len(lengths), int(lengths.min()) >= 16, int(lengths.max()) <= 65536
+        (1010, True, True)
+    """
+    rng = np.random.default_rng(seed)
+    short = np.rint(rng.lognormal(np.log(short_median), short_sigma, n_short))
+    long = rng.integers(long_min, max_length, n_long, endpoint=True)
+    lengths = np.concatenate([np.clip(short, 16, max_length).astype(np.int64), long])
+    rng.shuffle(lengths)
+    return lengths
+
+
+def load_lengths(path: str | os.PathLike) -> np.ndarray:
+    """Token counts from a `.npy` file or a text file with one integer per line."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return np.load(path).astype(np.int64)
+    return np.loadtxt(path, dtype=np.int64, ndmin=1)
+
+
+def print_header(script: str, argv: list[str]) -> None:
+    """Print the command line and the machine, so a pasted table says where it came from."""
+    print(f"$ python {script} {' '.join(argv)}".rstrip())
+    print(
+        f"# {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, {sys.implementation.name}"
+    )
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """Print a Markdown table of already formatted cells."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")

@@ -1,0 +1,144 @@
+import pytest
+import torch
+
+from longalign_hf import LongAlignDataCollator
+from longalign_hf.tiny import build_tiny_model
+
+A = {"input_ids": [11, 12, 13], "labels": [-100, -100, 13]}
+B = {"input_ids": [21, 22], "labels": [-100, 22]}
+C = {"input_ids": [31, 32, 33], "labels": [31, 32, 33]}
+
+
+def test_packed_layout_matches_the_docstring_table():
+    batch = LongAlignDataCollator(pad_token_id=0)([A, B, C])
+    assert batch["input_ids"].tolist() == [[11, 12, 13, 21, 22, 31, 32, 33]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
+    # The first token of every sample is never a target, even when its label says so (sample C).
+    assert batch["labels"].tolist() == [[-100, -100, 13, -100, 22, -100, 32, 33]]
+    assert batch["loss_sample_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    assert batch["loss_num_targets"].tolist() == [1, 1, 2]
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 3, 5, 8]
+    assert batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == batch["max_length_k"] == 3
+    assert "attention_mask" not in batch and batch["use_cache"] is False
+
+
+def test_a_pack_row_equals_its_samples_collated_one_by_one():
+    pack = {"input_ids": A["input_ids"] + C["input_ids"], "labels": A["labels"] + C["labels"], "seq_lengths": [3, 3]}
+    collator = LongAlignDataCollator(pad_token_id=0)
+    from_pack, from_samples = collator([pack, B]), collator([A, C, B])
+    for key in ("input_ids", "labels", "position_ids", "loss_sample_ids", "loss_num_targets", "cu_seq_lens_q"):
+        assert from_pack[key].tolist() == from_samples[key].tolist()
+
+
+def test_padded_batch_uses_the_same_label_conventions():
+    batch = LongAlignDataCollator(pad_token_id=0, padding_free=False)([A, B, C])
+    assert batch["input_ids"].tolist() == [[11, 12, 13], [21, 22, 0], [31, 32, 33]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0], [1, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 13], [-100, 22, -100], [-100, 32, 33]]
+    assert batch["loss_sample_ids"].tolist() == [[0, 0, 0], [1, 1, -1], [2, 2, 2]]
+    assert batch["loss_num_targets"].tolist() == [1, 1, 2]
+    assert "position_ids" not in batch
+
+
+def test_masks_instead_of_labels_and_padding_to_a_multiple():
+    sample = {"input_ids": [5, 6, 7, 8], "assistant_masks": [0, 0, 1, 1]}
+    batch = LongAlignDataCollator(pad_token_id=9, pad_to_multiple_of=8)([sample, B])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 21, 22, 9, 9]]
+    assert batch["labels"].tolist() == [[-100, -100, 7, 8, -100, 22, -100, -100]]
+    # The padding tail is its own loss-free sequence: attention cannot reach back into a sample.
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 0, 1]]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 4, 6, 8]
+    assert batch["loss_sample_ids"].tolist() == [[0, 0, 0, 0, 1, 1, -1, -1]]
+
+
+def test_plain_trainer_mode_has_no_bookkeeping():
+    batch = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)([A, B])
+    assert "loss_sample_ids" not in batch and "loss_num_targets" not in batch
+
+
+@pytest.mark.parametrize(
+    ("features", "match"),
+    [
+        ([{"input_ids": [1, 2]}], "needs `labels`"),
+        ([{"input_ids": [1, 2], "labels": [1]}], "2 tokens but the labels have 1"),
+        ([{"input_ids": [1, 2], "labels": [1, 2], "seq_lengths": [1, 2]}], "do not add up to the 2 tokens"),
+        ([{"input_ids": [1, 2], "labels": [1, 2], "seq_lengths": [2, 0]}], "empty sample in a pack"),
+        ([], "no sample"),
+    ],
+)
+def test_bad_features(features, match):
+    with pytest.raises((KeyError, ValueError), match=match):
+        LongAlignDataCollator(pad_token_id=0)(features)
+
+
+def test_packs_need_padding_free():
+    pack = {"input_ids": [1, 2, 3], "labels": [1, 2, 3], "seq_lengths": [1, 2]}
+    with pytest.raises(ValueError, match="padding_free=True"):
+        LongAlignDataCollator(pad_token_id=0, padding_free=False)([pack])
+
+
+# ---- attention isolation: a packed sample's logits equal its logits alone ----------------------------------------
+
+
+def _samples(vocab_size: int, lengths=(7, 19, 1, 12)):
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randint(3, vocab_size, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _max_pack_error(model, samples, **extra):
+    collator = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)
+    batch = collator([{"input_ids": ids, "labels": ids} for ids in samples])
+    batch.pop("labels")
+    batch.update(extra)
+    packed = model(**batch).logits[0]
+    error, start = 0.0, 0
+    for ids in samples:
+        alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+        error = max(error, (packed[start : start + len(ids)] - alone).abs().max().item())
+        start += len(ids)
+    return error
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_packed_samples_do_not_attend_to_each_other(tokenizer, architecture, attention, checkpointing):
+    model = build_tiny_model(tokenizer, architecture=architecture, seed=1)
+    model.config._attn_implementation = attention
+    model.config.use_cache = True  # the config default that silently mixes samples when a cache is created
+    model.train()
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    assert _max_pack_error(model, _samples(len(tokenizer))) < 1e-4
+
+
+def test_the_isolation_check_can_fail(tokenizer):
+    # Negative control: an all-ones attention mask (what a naive collator emits) lets samples attend across.
+    model = build_tiny_model(tokenizer, seed=1)
+    model.config._attn_implementation = "sdpa"
+    samples = _samples(len(tokenizer))
+    mask = torch.ones(1, sum(len(ids) for ids in samples), dtype=torch.long)
+    assert _max_pack_error(model, samples, attention_mask=mask) > 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_flash_attention_2_isolation_on_gpu(tokenizer, architecture):
+    pytest.importorskip("flash_attn")
+    model = build_tiny_model(tokenizer, architecture=architecture, seed=1).cuda().to(torch.bfloat16)
+    model.config._attn_implementation = "flash_attention_2"
+    model.train()
+    samples = _samples(len(tokenizer))
+    collator = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)
+    batch = {
+        k: v.cuda() if torch.is_tensor(v) else v
+        for k, v in collator([{"input_ids": s, "labels": s} for s in samples]).items()
+    }
+    batch.pop("labels")
+    packed = model(**batch).logits[0].float()
+    start = 0
+    for ids in samples:
+        alone = model(input_ids=torch.tensor([ids], device="cuda"), use_cache=False).logits[0].float()
+        assert (packed[start : start + len(ids)] - alone).abs().max().item() < 2e-2  # bf16
+        start += len(ids)

@@ -1,0 +1,127 @@
+"""The loss-weighting contract: one optimizer step's gradient equals the hand-computed objective's gradient."""
+
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+from grad_check import build_dataset, reference_loss, run_case
+
+from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+from longalign_hf.tiny import build_tiny_model
+
+TOLERANCE = 1e-5
+
+
+def _assert_exact(result):
+    reference = result["reference_grads"]
+    assert set(result["grads"]) == set(reference)
+    for name, expected in reference.items():
+        difference = (result["grads"][name] - expected).norm() / expected.norm().clamp(min=1e-12)
+        assert difference <= TOLERANCE, f"{name}: relative difference {difference:.2e}"
+    assert result["loss"] == pytest.approx(result["reference_loss"], rel=TOLERANCE)
+
+
+CASES = [
+    {"batching": batching, "loss_weighting": weighting, "accumulation": accumulation}
+    for batching in ("naive", "sort", "pack")
+    for weighting in ("sequence", "token")
+    for accumulation in (1, 3)
+] + [
+    {"batching": "pack", "loss_weighting": "sequence", "accumulation": 3, "activation_checkpointing": True},
+    {"batching": "sort", "loss_weighting": "sequence", "accumulation": 1, "activation_checkpointing": True},
+    {"batching": "pack", "loss_weighting": "sequence", "accumulation": 1, "lora": True},
+    {"batching": "naive", "loss_weighting": "token", "accumulation": 3, "lora": True},
+    {"batching": "pack", "loss_weighting": "token", "accumulation": 3, "attn": "eager"},
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: "-".join(f"{v}" for v in case.values()))
+def test_one_process(case, tmp_path):
+    _assert_exact(run_case(case, str(tmp_path)))
+
+
+@pytest.mark.multiprocess
+def test_two_processes(tmp_path):
+    # One launch runs every case, to pay the process start-up once.
+    cases_path, output_path = tmp_path / "cases.json", tmp_path / "results.pt"
+    cases_path.write_text(json.dumps(CASES))
+    tests_dir = os.path.dirname(__file__)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        os.path.join(tests_dir, "grad_check.py"), str(cases_path), str(output_path), str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = torch.load(output_path)
+    assert len(results) == len(CASES)
+    for case, result in zip(CASES, results):
+        assert result["world_size"] == 2, case
+        _assert_exact(result)
+
+
+def test_the_two_weightings_really_differ(tokenizer):
+    model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=256)
+    dataset = build_dataset(tokenizer)
+    sequence, token = reference_loss(model, dataset, "sequence"), reference_loss(model, dataset, "token")
+    assert abs(sequence.item() - token.item()) > 1e-3
+    grads = []
+    for loss in (sequence, token):
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        grads.append(model.lm_head.weight.grad.clone())
+    assert (grads[0] - grads[1]).norm() / grads[1].norm() > 1e-2
+
+
+def _trainer(tokenizer, tmp_path, dataset, **config):
+    model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=256)
+    model.config._attn_implementation = config.pop("attn", "sdpa")
+    args = LongAlignConfig(
+        output_dir=str(tmp_path), max_length=256, max_steps=1, report_to="none", use_cpu=True, save_strategy="no",
+        **config,
+    )  # fmt: skip
+    return LongAlignSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def test_a_step_without_targets_is_refused(tokenizer, tmp_path):
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100] * 4}] * 2
+    trainer = _trainer(tokenizer, tmp_path, datasets.Dataset.from_list(rows), batching="naive")
+    with pytest.raises(ValueError, match="no sample in this optimizer step has a target token"):
+        trainer.train()
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"packing": True}, "set `batching='pack'` instead"),
+        ({"padding_free": True}, "set `batching='pack'` instead"),
+        ({"batching": "pack", "max_length": None}, "needs `max_length`"),
+        ({"batching": "stream"}, "`batching` must be one of naive, sort, pack"),
+        ({"loss_weighting": "pack"}, "`loss_weighting` must be one of sequence, token"),
+    ],
+)
+def test_config_combinations_that_cannot_be_exact(tmp_path, config, match):
+    with pytest.raises(ValueError, match=match):
+        LongAlignConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", **config)
+
+
+def test_backends_that_mix_packed_samples_are_refused(tokenizer, tmp_path):
+    dataset = datasets.Dataset.from_list([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}])
+    with pytest.raises(ValueError, match="cannot keep packed samples apart"):
+        _trainer(tokenizer, tmp_path, dataset, batching="pack", attn="flex_attention")
+
+
+def test_custom_collator_and_untokenized_labels_are_refused(tokenizer, tmp_path):
+    model = build_tiny_model(tokenizer)
+    args = LongAlignConfig(output_dir=str(tmp_path), max_length=64, use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="do not pass `data_collator`"):
+        LongAlignSFTTrainer(model=model, args=args, data_collator=lambda x: x, processing_class=tokenizer,
+                            train_dataset=datasets.Dataset.from_list([{"input_ids": [1], "labels": [1]}]))  # fmt: skip
+    with pytest.raises(ValueError, match="has `input_ids` but no `labels`"):
+        LongAlignSFTTrainer(model=model, args=args, processing_class=tokenizer,
+                            train_dataset=datasets.Dataset.from_list([{"input_ids": [1, 2]}]))  # fmt: skip
