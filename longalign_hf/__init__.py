@@ -2,6 +2,8 @@
 
 from .collator import LongAlignDataCollator
 from .config import LongAlignConfig
+from .data import LongBenchChatBuilder
+from .judge import JudgeClient
 from .packed_dataset import pack_dataset
 from .packing import pack_stats, plan_packs
 from .sampler import SortedBatchSampler
@@ -10,9 +12,11 @@ from .trainer import LongAlignSFTTrainer
 __version__ = "0.1.0"
 
 __all__ = [
+    "JudgeClient",
     "LongAlignConfig",
     "LongAlignDataCollator",
     "LongAlignSFTTrainer",
+    "LongBenchChatBuilder",
     "SortedBatchSampler",
     "pack_dataset",
     "pack_stats",

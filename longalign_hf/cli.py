@@ -7,7 +7,10 @@ import importlib
 import logging
 
 # Each module registers its subcommands with `add_parser(subparsers)`: (group, module) pairs.
-_COMMAND_MODULES: list[tuple[str, str]] = []
+_COMMAND_MODULES: list[tuple[str, str]] = [
+    ("data", "longalign_hf.data.longbench_chat"),
+    ("eval", "longalign_hf.evaluation.longbench_chat"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

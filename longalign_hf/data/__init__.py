@@ -1,0 +1,22 @@
+"""Hub dataset builders (`longalign data build ...`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from longalign_hf.data.longbench_chat import LongBenchChatBuilder
+
+__all__ = ["LongBenchChatBuilder", "build_subparsers"]
+
+
+def build_subparsers(data_subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The subcommands of `longalign data build`, created by the first module that asks for them.
+
+    Each data set's `add_parser` adds itself here (`build_subparsers(subparsers).add_parser("sft", ...)`), so
+    modules can register in any order.
+    """
+    build = data_subparsers.choices.get("build")
+    if build is None:
+        build = data_subparsers.add_parser("build", help="build a data set into a Hub-ready folder")
+        return build.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    return next(action for action in build._actions if isinstance(action, argparse._SubParsersAction))

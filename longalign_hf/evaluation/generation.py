@@ -1,0 +1,153 @@
+"""Answers from a chat model for long prompts: through the chat template, with middle truncation by tokens.
+
+LongAlign's evaluations (LongBench-Chat, needle in a haystack) give a model one long user message and read its
+answer. Two rules matter for fair numbers: the prompt goes through the model's chat template (the released
+LongBench-Chat script hard-codes a few formats and uses none for other models, which gives wrong scores), and a
+prompt longer than the window is cut in the middle, keeping its first and last halves (the question is at the end).
+
+`generate_chat_answers` runs a `transformers` model; `request_chat_answers` asks an OpenAI-compatible server
+(e.g. `vllm serve`) that applies the chat template itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+
+from longalign_hf.judge import JudgeClient
+
+logger = logging.getLogger(__name__)
+
+
+def middle_truncate(token_ids: Sequence[int], max_length: int) -> list[int]:
+    """Keep the first `max_length // 2` and the last `max_length - max_length // 2` tokens if there are more.
+
+    >>> middle_truncate([1, 2, 3, 4, 5, 6, 7], 4)
+    [1, 2, 6, 7]
+    >>> middle_truncate([1, 2, 3, 4, 5, 6, 7], 3)
+    [1, 6, 7]
+    """
+    if max_length < 0:
+        raise ValueError(f"`max_length` must be 0 or more, got {max_length}.")
+    if len(token_ids) <= max_length:
+        return list(token_ids)
+    head = max_length // 2
+    return list(token_ids[:head]) + list(token_ids[len(token_ids) - (max_length - head) :])
+
+
+def truncate_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int | None) -> list[str]:
+    """Cut every prompt longer than `max_length` tokens (counted without special tokens) in the middle, as the paper.
+
+    The limit applies to the user message alone, before the chat template adds its tokens (the paper's 64,000 for
+    a 64k model leaves room for the template and the answer). `None` keeps prompts whole.
+    """
+    if max_length is None:
+        return list(prompts)
+    truncated = []
+    for prompt in prompts:
+        token_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(token_ids) > max_length:
+            logger.info("Prompt of %d tokens cut in the middle to %d tokens.", len(token_ids), max_length)
+            prompt = tokenizer.decode(middle_truncate(token_ids, max_length), skip_special_tokens=True)
+        truncated.append(prompt)
+    return truncated
+
+
+def _chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"The tokenizer of {tokenizer.name_or_path!r} has no chat template. Long-context evaluations must see the "
+            "model's own chat format: use a chat/instruct model, or set `tokenizer.chat_template`."
+        )
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+
+
+@torch.no_grad()
+def generate_chat_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int = 1024,
+    max_length: int | None = 64_000,
+    batch_size: int = 1,
+    temperature: float = 1.0,
+    seed: int = 42,
+    on_answer: Callable[[int, str], None] | None = None,
+    desc: str = "generating",
+) -> list[str]:
+    """Answer each prompt as one user turn through the model's chat template.
+
+    Args:
+        model: a causal LM, already on its device(s).
+        tokenizer: its tokenizer, with a chat template.
+        prompts: one user message per answer (for LongBench-Chat, document + question).
+        max_new_tokens: answer length cap (the paper: 1024).
+        max_length: prompts longer than this many tokens are cut in the middle (see `truncate_prompts`); the paper
+            uses 64,000.
+        batch_size: prompts per `generate` call, left-padded. 1 reproduces the paper's per-case seeding exactly.
+        temperature: > 0 samples at this temperature (other sampling settings come from the model's generation
+            config), 0 decodes greedily. The paper's script: 1.0.
+        seed: the random seed set before each batch (the paper's script seeds 42 before each case).
+        on_answer: called as `on_answer(index, answer)` after each answer, e.g. to save it.
+        desc: label of the progress bar.
+
+    Returns:
+        The answers (special tokens removed, surrounding whitespace stripped), in the order of `prompts`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    texts = [_chat_text(tokenizer, prompt) for prompt in truncate_prompts(tokenizer, prompts, max_length)]
+    if tokenizer.pad_token is None:  # only batches of more than one need it; the EOS token is masked out anyway
+        logger.info("The tokenizer has no padding token: padding with its EOS token %r.", tokenizer.eos_token)
+        tokenizer.pad_token = tokenizer.eos_token
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    answers: list[str] = []
+    with tqdm(total=len(texts), desc=desc) as progress:
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            # The template already holds the special tokens (e.g. BOS), so the tokenizer must not add them again.
+            inputs = tokenizer(
+                batch, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt"
+            ).to(model.device)
+            set_seed(seed)
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+            )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            for offset, answer in enumerate(tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers.append(answer.strip())
+                if on_answer is not None:
+                    on_answer(start + offset, answers[-1])
+            progress.update(len(batch))
+    return answers
+
+
+def request_chat_answers(
+    client: JudgeClient,
+    prompts: Sequence[str],
+    on_answer: Callable[[int, str], None] | None = None,
+    desc: str = "generating",
+) -> list[str | None]:
+    """Answer each prompt as one user turn on an OpenAI-compatible server (which applies the chat template).
+
+    Truncate the prompts first with `truncate_prompts` and the model's tokenizer. Sampling settings (temperature,
+    `max_tokens`, seed) are the client's. Returns the stripped answers, `None` where the server failed after its
+    retries (the error is logged); `on_answer(index, answer)` is called for each answer as it arrives.
+    """
+    results = client.complete(
+        [[{"role": "user", "content": prompt}] for prompt in prompts],
+        desc=desc,
+        on_result=lambda index, result: (
+            on_answer(index, result.text.strip()) if on_answer is not None and result.error is None else None
+        ),
+    )
+    for index, result in enumerate(results):
+        if result.error is not None:
+            logger.error("No answer for prompt %d from %s: %s", index, client.model, result.error)
+    return [result.text.strip() if result.error is None else None for result in results]

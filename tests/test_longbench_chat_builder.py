@@ -1,0 +1,201 @@
+"""LongBenchChatBuilder on a small source made here (the published schema, not the published data)."""
+
+import argparse
+import json
+import logging
+
+import datasets
+import pytest
+
+from longalign_hf import cli
+from longalign_hf.data import LongBenchChatBuilder, build_subparsers
+from longalign_hf.data.longbench_chat import FEATURES, git_blob_sha1
+
+# The published template has nine positional slots: question, reference, (answer, score) x 3, answer to rate.
+TEMPLATE = (
+    "Judge the answer.\n[Question]\n{}\n[Reference]\n{}\n"
+    "[Example]\n{}\nRating: [[{}]]\n[Example]\n{}\nRating: [[{}]]\n[Example]\n{}\nRating: [[{}]]\n"
+    'Reply "[[rating]]".\n[Answer]\n{}\nRating: '
+)
+CASES = [
+    {
+        "idx": 1,
+        "query": "Who signed the 1998 maintenance contract?",
+        "answer": "Dana Okafor signed it.",
+        "prompt": "CONTRACT LOG\n" + "Line of the log. " * 20 + "\n\nWho signed the 1998 maintenance contract?",
+        "source": "kept out of the records",
+    },
+    {
+        "idx": 2,
+        "query": "请总结这份 LongAlign 报告的主要结论。",
+        "answer": "报告认为打包训练加损失加权效果最好。",
+        "prompt": "报告正文。" * 30 + "\n\n请总结这份 LongAlign 报告的主要结论。",
+    },
+    {
+        "idx": 3,
+        "query": "List the three bridges in the text.",
+        "answer": "North, Mill and Harbour bridges.",
+        "prompt": "Town history. " * 25 + "\n\nList the three bridges in the text.",
+    },
+]
+FEW_SHOTS = [
+    [{"answer": f"example {case} answer {shot}", "score": 2 + 3 * shot} for shot in range(3)] for case in range(3)
+]
+
+
+def write_source(folder, cases=CASES, few_shots=FEW_SHOTS, template=TEMPLATE):
+    """A LongBench-Chat source folder: test_cases.json, few_shots.json, prompt_fs.txt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_cases.json").write_text(json.dumps(cases, ensure_ascii=False), encoding="utf-8")
+    (folder / "few_shots.json").write_text(json.dumps(few_shots, ensure_ascii=False), encoding="utf-8")
+    (folder / "prompt_fs.txt").write_text(template, encoding="utf-8")
+    return folder
+
+
+def _build(source, config, tmp_path):
+    builder = LongBenchChatBuilder(config_name=config, data_dir=str(source), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()
+    return builder.as_dataset(split="test")
+
+
+def test_records_are_typed_and_configs_split_by_language(tmp_path):
+    source = write_source(tmp_path / "source")
+    everything = _build(source, "all", tmp_path)
+    assert everything.features == FEATURES
+    assert everything["idx"] == [1, 2, 3]
+    assert everything["language"] == ["en", "zh", "en"]
+    assert everything["length"] == [len(case["prompt"]) for case in CASES]
+    first = everything[0]
+    assert {key: first[key] for key in ("query", "prompt", "answer")} == {
+        key: CASES[0][key] for key in ("query", "prompt", "answer")
+    }
+    assert first["few_shots"] == [
+        {"answer": "example 0 answer 0", "score": 2},
+        {"answer": "example 0 answer 1", "score": 5},
+        {"answer": "example 0 answer 2", "score": 8},
+    ]
+    assert everything[2]["few_shots"][0]["answer"] == "example 2 answer 0"  # few_shots[idx - 1]
+    assert set(everything["judge_template"]) == {TEMPLATE}
+    assert _build(source, "en", tmp_path)["idx"] == [1, 3]
+    assert _build(source, "zh", tmp_path)["idx"] == [2]
+
+
+def test_git_blob_sha1_matches_git_hash_object():
+    assert (
+        git_blob_sha1(b"hello\n") == "ce013625030ba8dba906f756967f9e9ca394464a"
+    )  # `echo hello | git hash-object --stdin`
+    assert git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # the empty blob
+
+
+def test_a_local_copy_unlike_the_published_one_is_flagged(tmp_path, caplog):
+    source = write_source(tmp_path / "source")
+    with caplog.at_level(logging.WARNING, logger="longalign_hf.data.longbench_chat"):
+        _build(source, "all", tmp_path)
+    assert "not the published LongBench-Chat test cases" in caplog.text
+    assert git_blob_sha1((source / "test_cases.json").read_bytes()) in caplog.text
+
+
+def _without(key, case):
+    return {k: v for k, v in case.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda s: (s / "few_shots.json").unlink(), FileNotFoundError, r"few_shots.json: .*not found.*--source"),
+        (lambda s: (s / "prompt_fs.txt").unlink(), FileNotFoundError, r"prompt_fs.txt: .*not found"),
+        (
+            lambda s: (s / "test_cases.json").write_text('[{"idx": 1,\n "query": }]'),
+            ValueError,
+            r"test_cases.json: not valid JSON \(line 2, column 11",
+        ),
+        (lambda s: write_source(s, few_shots=FEW_SHOTS[:2]), ValueError, r"case idx 3 has no few-shot list"),
+        (
+            lambda s: write_source(s, few_shots=[*FEW_SHOTS, FEW_SHOTS[0]]),
+            ValueError,
+            r"few_shots.json has 4 few-shot lists but .*test_cases.json has 3 cases",
+        ),
+        (
+            lambda s: write_source(s, few_shots=[FEW_SHOTS[0], FEW_SHOTS[1][:2], FEW_SHOTS[2]]),
+            ValueError,
+            r"few_shots.json: list 1 \(for case idx 2\) has 2 entries, but the judge template .* takes 3",
+        ),
+        (
+            lambda s: write_source(s, few_shots=[FEW_SHOTS[0], FEW_SHOTS[1], [*FEW_SHOTS[2][:2], {"answer": "x"}]]),
+            ValueError,
+            r"list 2 \(for case idx 3\), example 2: `score` is None",
+        ),
+        (
+            lambda s: write_source(s, cases=[CASES[0], _without("query", CASES[1]), CASES[2]]),
+            ValueError,
+            r"test_cases.json: case idx 2: `query` is None",
+        ),
+        (
+            lambda s: write_source(s, cases=[CASES[0], CASES[0], CASES[2]]),
+            ValueError,
+            r"case idx 1 appears twice",
+        ),
+        (
+            lambda s: write_source(s, cases=[CASES[0], {**CASES[1], "idx": "2"}, CASES[2]]),
+            ValueError,
+            r"test_cases.json: case 1 has idx '2'",
+        ),
+        (
+            lambda s: write_source(s, template=TEMPLATE.replace("[Answer]\n{}", "[Answer]\n{answer}")),
+            ValueError,
+            r"prompt_fs.txt: not a LongBench-Chat judge prompt template: .*\{answer\}",
+        ),
+    ],
+    ids=[
+        "missing-few-shots",
+        "missing-template",
+        "malformed-json",
+        "case-without-few-shots",
+        "extra-few-shot-list",
+        "short-few-shot-list",
+        "bad-score",
+        "missing-query",
+        "duplicate-idx",
+        "string-idx",
+        "named-slot",
+    ],
+)
+def test_bad_sources_fail_naming_file_case_and_problem(tmp_path, change, error, message):
+    source = write_source(tmp_path / "source")
+    change(source)
+    with pytest.raises(error, match=message):
+        _build(source, "all", tmp_path)
+
+
+def test_cli_writes_a_folder_that_load_dataset_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    source = write_source(tmp_path / "source")
+    out = tmp_path / "built"
+    assert cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(out)]) == 0
+
+    english = datasets.load_dataset(str(out), "en", split="test")
+    assert english.features == FEATURES
+    assert english.to_list() == _build(source, "en", tmp_path).to_list()
+    assert datasets.load_dataset(str(out), "zh", split="test")["query"] == [CASES[1]["query"]]
+    assert datasets.load_dataset(str(out), split="test")["idx"] == [1, 2, 3]  # `all` is the default config
+
+    card = (out / "README.md").read_text(encoding="utf-8")
+    header = card.split("---")[1]
+    for expected in ("license: apache-2.0", "config_name: en", "path: zh/test-*.parquet", "name: few_shots"):
+        assert expected in header
+    assert "@inproceedings{bai2024longalign" in card and "THUDM/LongAlign" in card
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
+        "all/test-00000-of-00001.parquet",
+        "en/test-00000-of-00001.parquet",
+        "zh/test-00000-of-00001.parquet",
+    ]
+
+
+def test_build_subcommands_are_shared_between_data_sets():
+    parser = argparse.ArgumentParser()
+    data = parser.add_subparsers(dest="command")
+    # Another data set registered first (as `longalign data build sft` will): both end up under one `build`.
+    build_subparsers(data).add_parser("sft").set_defaults(func="sft")
+    build_subparsers(data).add_parser("longbench-chat").set_defaults(func="longbench-chat")
+    assert parser.parse_args(["build", "sft"]).func == "sft"
+    assert parser.parse_args(["build", "longbench-chat"]).func == "longbench-chat"
