@@ -34,6 +34,7 @@ from longalign_hf.packing import (
     pack_stats,
     plan_packs,
     sample_cost,
+    step_efficiency,
 )
 from longalign_hf.sampler import SortedBatchSampler
 
@@ -53,8 +54,7 @@ def _padded_batches_time(
 
 def _packs_time(order: list[int], pack_costs: np.ndarray, devices: int) -> float:
     """Sum over steps of the costliest of the `devices` packs of the step."""
-    costs = pack_costs[order]
-    return float(np.concatenate([costs, np.zeros(-len(costs) % devices)]).reshape(-1, devices).max(-1).sum())
+    return float(pack_costs.sum() / (devices * step_efficiency(pack_costs, order, devices)))
 
 
 def simulate(

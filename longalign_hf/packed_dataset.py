@@ -34,7 +34,7 @@ def pack_dataset(dataset: datasets.Dataset, max_length: int, strategy: str = "bf
         >>> import datasets
         >>> ds = datasets.Dataset.from_dict({"input_ids": [[1, 2], [3], [4, 5, 6]], "labels": [[1, 2], [3], [4, 5, 6]]})
         >>> packed = pack_dataset(ds, max_length=3)
-        >>> packed["seq_lengths"], packed["input_ids"]
+        >>> packed[:]["seq_lengths"], packed[:]["input_ids"]
         ([[3], [2, 1]], [[4, 5, 6], [1, 2, 3]])
     """
     missing = {"input_ids", "labels"} - set(dataset.column_names)

@@ -352,3 +352,27 @@ def balanced_pack_order(
     if not balance:
         return np.random.default_rng(seed).permutation(len(keys)).tolist()
     return _length_grouped_order(keys, packs_per_step, seed).tolist()
+
+
+def step_efficiency(
+    costs: Sequence[float] | np.ndarray, order: Sequence[int], devices: int, per_device: int = 1
+) -> float:
+    """Useful compute over the compute the devices are held for, for packs dealt in `order`.
+
+    Every `devices * per_device` consecutive packs of `order` form one step (device `d` gets the `d`-th run of
+    `per_device` packs), a step lasts as long as its costliest device, and the result is
+    `sum(costs) / (devices * sum over steps of the costliest device)`: 1.0 when no device ever waits.
+
+    Example:
+        >>> step_efficiency([1.0, 3.0, 1.0, 3.0], order=[0, 1, 2, 3], devices=2)  # each step waits for a 3
+        0.6666666666666666
+        >>> step_efficiency([1.0, 3.0, 1.0, 3.0], order=[0, 2, 1, 3], devices=2)
+        1.0
+    """
+    devices = _check_positive_int(devices, "devices")
+    per_device = _check_positive_int(per_device, "per_device")
+    ordered = np.asarray(costs, dtype=np.float64)[np.asarray(order, dtype=np.int64)]
+    ordered = np.concatenate([ordered, np.zeros(-len(ordered) % (devices * per_device))])
+    device_costs = ordered.reshape(-1, devices, per_device).sum(-1)
+    busy = devices * device_costs.max(-1).sum()
+    return float(ordered.sum() / busy) if busy else 1.0

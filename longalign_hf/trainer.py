@@ -15,7 +15,7 @@ from .collator import BOOKKEEPING_KEYS, LOSS_NUM_TARGETS, LOSS_SAMPLE_IDS, LongA
 from .config import LongAlignConfig
 from .loss import weighted_nll_sum
 from .packed_dataset import pack_dataset
-from .packing import sample_cost
+from .packing import balanced_pack_order, sample_cost, step_efficiency
 from .sampler import SortedBatchSampler
 from .sft_data import prepare_sft_dataset
 
@@ -152,10 +152,20 @@ class LongAlignSFTTrainer(SFTTrainer):
         costs = [float(sample_cost(np.asarray(lengths), constant).sum()) for lengths in packed["seq_lengths"]]
         packed = packed.add_column("cost", costs)
         num_samples = np.asarray(packed["num_samples"])
+        devices, per_device = self.args.world_size, self.args.per_device_train_batch_size
+        packs_per_step = devices * per_device * self.args.gradient_accumulation_steps
+        balance = {
+            name: step_efficiency(
+                costs, balanced_pack_order(costs, packs_per_step, self.args.seed, balanced), devices, per_device
+            )
+            for name, balanced in (("balanced", True), ("random", False))
+        }
+        fill = np.sum(packed["length"]) / (len(packed) * self.args.max_length)
         logger.info(
-            "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d), %s schedule",
-            num_samples.sum(), len(packed), num_samples.mean(), np.sum(packed["length"]) / (len(packed) * self.args.max_length),
-            self.args.max_length, self.args.pack_schedule,
+            "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
+            "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
+            num_samples.sum(), len(packed), num_samples.mean(), fill, self.args.max_length, self.args.pack_schedule,
+            devices, constant, balance["balanced"], balance["random"],
         )  # fmt: skip
         return packed
 
@@ -209,7 +219,7 @@ class LongAlignSFTTrainer(SFTTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._throughput_mark is not None:
-            # Tokens of every process (padding included) per second since the last log.
+            # Tokens of every process (padding excluded) per second since the last log.
             now, tokens = time.perf_counter(), self._total_train_tokens
             logs["tokens_per_second"] = round(
                 (tokens - self._throughput_mark[1]) / (now - self._throughput_mark[0]), 1
@@ -255,7 +265,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             self._metrics[mode]["entropy"].append((gather(outputs.entropy.detach().sum()).sum() / num_valid).item())
             self._metrics[mode]["mean_token_accuracy"].append((gather(outputs.is_top1.sum()).sum() / num_valid).item())
         if mode == "train":
-            self._total_train_tokens += (
-                gather(torch.tensor(inputs["input_ids"].numel(), device=num_valid.device)).sum().item()
-            )
+            mask = inputs.get("attention_mask")
+            local_tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
+            self._total_train_tokens += gather(local_tokens.to(num_valid.device)).sum().item()
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]

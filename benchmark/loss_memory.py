@@ -1,0 +1,130 @@
+"""Peak memory of the training loss (forward + backward) at long context: our chunked path vs full logits.
+
+"The loss" is everything after the last hidden state: the LM head projection, the log-probabilities of the labels,
+LongAlign's per-sample weighting and the backward pass into the hidden states and the head. Ours is what
+`LongAlignSFTTrainer` runs: TRL's chunked log-probabilities (`trl.kernels.ChunkedLogProbFunction`, the fused LM head:
+tiles of 4096 tokens x 32768 vocabulary entries) followed by `weighted_nll_sum`. The reference builds the full
+`[tokens, vocab]` logits, takes `log_softmax` and gathers, as a plain PyTorch loss does.
+
+Each measurement runs in a fresh process and reports its peak resident memory (`ru_maxrss`) above the memory held
+once the inputs exist, so it counts the loss's own tensors on this CPU (on a GPU the same tensors would be allocated
+in device memory). Full logits at 32k+ tokens and a 128k vocabulary need tens of GiB: sizes whose estimate does not
+fit in `--memory-limit-gib` are not run, and the table extrapolates them linearly in tokens from the largest size
+that ran (marked `~`).
+
+    python benchmark/loss_memory.py                  # 8k / 32k / 64k tokens, 128k vocabulary, hidden size 64
+    python benchmark/loss_memory.py --quick          # a smoke test (small sizes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+
+from _lengths import print_header, print_table
+
+TARGET_RATIO_AT_32K = 0.10
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def _measure(path: str, tokens: int, vocab: int, hidden: int) -> int:
+    """Peak memory (bytes) of one loss forward + backward, above the memory of its inputs."""
+    import torch
+
+    from longalign_hf.loss import weighted_nll_sum
+
+    torch.set_num_threads(2)
+    generator = torch.Generator().manual_seed(0)
+    hidden_states = torch.randn(tokens, hidden, generator=generator, requires_grad=True)
+    head = torch.randn(vocab, hidden, generator=generator).mul_(0.02).requires_grad_()
+    labels = torch.randint(0, vocab, (tokens,), generator=generator)
+    sample_ids = torch.arange(tokens + 1).div(512, rounding_mode="floor")[None]  # samples of 512 tokens
+    num_targets = torch.bincount(sample_ids[0, 1:])
+    mask = torch.ones(1, tokens, dtype=torch.bool)
+    baseline = _rss_bytes()
+
+    if path == "chunked":
+        from trl.kernels import ChunkedLogProbFunction
+
+        log_probs = ChunkedLogProbFunction.apply(hidden_states, head, None, labels, 1.0, 32768, None, 1.0, ())[0]
+    else:
+        log_probs = torch.log_softmax(hidden_states @ head.T, dim=-1).gather(-1, labels[:, None])[:, 0]
+    loss = weighted_nll_sum(log_probs[None], mask, sample_ids, num_targets, "sequence") / num_targets.numel()
+    loss.backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return max(peak - baseline, 0)
+
+
+def _full_logits_estimate(tokens: int, vocab: int) -> int:
+    # logits, their log_softmax and the gradient of each: four fp32 [tokens, vocab] tensors at the peak.
+    return 4 * tokens * vocab * 4
+
+
+def run(token_counts: list[int], vocab: int, hidden: int, memory_limit_gib: float) -> list[dict]:
+    results = []
+    for tokens in token_counts:
+        row = {"tokens": tokens}
+        for path in ("chunked", "full"):
+            if path == "full" and _full_logits_estimate(tokens, vocab) > memory_limit_gib * 2**30:
+                row[path], row[f"{path}_measured"] = None, False
+                continue
+            command = [sys.executable, __file__, "--worker", path, str(tokens), str(vocab), str(hidden)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            row[path], row[f"{path}_measured"] = json.loads(output.strip().splitlines()[-1])["peak_bytes"], True
+        results.append(row)
+    measured = [row for row in results if row["full_measured"]]
+    for row in results:
+        if not row["full_measured"] and measured:
+            basis = measured[-1]
+            row["full"] = basis["full"] * row["tokens"] / basis["tokens"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="4096,8192,32768,65536", help="comma-separated token counts")
+    parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size (Llama-3's by default)")
+    parser.add_argument(
+        "--hidden", type=int, default=64, help="hidden size (tiny: the loss, not the model, is measured)"
+    )
+    parser.add_argument(
+        "--memory-limit-gib", type=float, default=10.0, help="skip full-logits runs estimated above this"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--worker", nargs=4, metavar=("PATH", "TOKENS", "VOCAB", "HIDDEN"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        path, tokens, vocab, hidden = args.worker
+        print(json.dumps({"peak_bytes": _measure(path, int(tokens), int(vocab), int(hidden))}))
+        return []
+    if args.quick:
+        args.tokens, args.vocab = "256,1024", 8192
+    print_header("benchmark/loss_memory.py", sys.argv[1:] if argv is None else argv)
+    token_counts = [int(value) for value in args.tokens.split(",")]
+    results = run(token_counts, args.vocab, args.hidden, args.memory_limit_gib)
+    rows = []
+    for row in results:
+        full = "-" if row["full"] is None else f"{'' if row['full_measured'] else '~'}{row['full'] / 2**30:.2f}"
+        ratio = "-" if row["full"] is None else f"{row['chunked'] / row['full']:.3f}"
+        target = f"<= {TARGET_RATIO_AT_32K}" if row["tokens"] == 32768 else ""
+        status = (
+            ("PASS" if row["chunked"] / row["full"] <= TARGET_RATIO_AT_32K else "FAIL")
+            if target and row["full"]
+            else ""
+        )
+        rows.append([f"{row['tokens']:,}", f"{row['chunked'] / 2**30:.2f}", full, ratio, target, status])
+    print(f"\nLoss forward + backward, vocabulary {args.vocab:,}, hidden size {args.hidden} (GiB of peak memory)\n")
+    print_table(["tokens", "ours (chunked)", "full logits", "ours / full", "target", "status"], rows)
+    print("\n~ = extrapolated linearly in tokens from the largest full-logits size that ran")
+    return results
+
+
+if __name__ == "__main__":
+    main()
