@@ -1,0 +1,524 @@
+"""`longalign data generate`: long-context instruction data by Self-Instruct from long documents, as in LongAlign.
+
+```
+longalign data generate --docs my_corpus/ --out data/long.jsonl --model Qwen/Qwen2.5-72B-Instruct \\
+    --base-url http://localhost:8000/v1 --num-docs 1000
+```
+
+For each document whose length in tokens of `tokenizer` lies within `[min_tokens, max_tokens]` (the paper: 8k-64k),
+one of the four task types of the paper (`TASK_TYPES`) is drawn at random, the LLM is asked for 5 questions with that
+task's prompt after the document, one of the questions is drawn at random, and the same LLM answers it with the
+document in context. The draws are seeded per document (`seed` and the document id), so a rerun asks the same
+things. Documents are Chinese when CJK characters make up at least a quarter of their CJK and Latin letters
+(`longalign_hf.longbench_chat.detect_language`; a Chinese character carries about as much as a few Latin letters);
+they get the Chinese translations of the prompts.
+
+The output is append-only JSONL, one record per line:
+`{"messages": [{"role": "user", "content": DOC + "\\n\\n" + QUESTION}, {"role": "assistant", "content": ANSWER}],
+"doc_id", "task_type", "questions" (all 5), "doc_tokens", "prompt_tokens" (the user turn), "answer_tokens",
+"language", "generator_model"}`, ready for `longalign data build sft --long FILE`. A record is written, in one write
+with flush and fsync, only when both calls succeeded and parsed; a reply without 5 numbered questions or an empty
+answer is asked again (`max_retries` times) and then counted as failed. A rerun skips documents already in the output,
+drops a last line cut short by a crash, and gets replies it already paid for from the on-disk cache
+(`OUT.cache/` by default), so failed documents are retried and nothing is paid or written twice.
+
+Sources: a folder of text files (`glob`, default `**/*.txt`; document id: the path under the folder), a .jsonl,
+.json or .parquet file, or a Hub data set id, with a `text_column` (document id: the `id_column`, or `row-N`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from longalign_hf.data.sft import DEFAULT_TOKENIZER, load_tokenizer
+from longalign_hf.judge import JudgeClient, JudgeResult, total_usage
+from longalign_hf.longbench_chat import detect_language
+from longalign_hf.sft_data import load_chat_dataset
+
+logger = logging.getLogger(__name__)
+
+NUM_QUESTIONS = 5
+TASK_TYPES = ("general", "summary", "reasoning", "information_extraction")
+
+# The paper's prompts, placed after the document (its appendix; "diversed" is verbatim), and our translations.
+QUESTION_PROMPTS: dict[str, dict[str, str]] = {
+    "en": {
+        "general": "Given the above text, please propose 5 English questions that are diverse and cover all parts of "
+        'the text, in the following format: "1: ", "2: ", ...',
+        "summary": "Given the above text, please propose 5 English questions that require summarization or "
+        "integration from multiple parts, make sure they are diverse and cover all parts of the text, in the "
+        'following format: "1: ", "2: ", ...',
+        "reasoning": "Given the above text, please propose 5 English questions that require multi-hop reasoning, "
+        'make sure they are diverse and cover all parts of the text, in the following format: "1: ", "2: ", ...',
+        "information_extraction": "Given the above text, please propose 5 English information-seeking questions, "
+        'make sure they are diversed and cover all parts of the text, in the following format: "1: ", "2: ", ...',
+    },
+    "zh": {
+        "general": '请根据以上文本，提出5个多样化且覆盖文本各个部分的中文问题，格式如下："1：", "2：", ...',
+        "summary": "请根据以上文本，提出5个需要对文本多个部分进行总结或整合的中文问题，确保问题多样化且覆盖文本的各个部分，"
+        '格式如下："1：", "2：", ...',
+        "reasoning": '请根据以上文本，提出5个需要多跳推理的中文问题，确保问题多样化且覆盖文本的各个部分，格式如下："1：", "2：", ...',
+        "information_extraction": "请根据以上文本，提出5个信息查找类的中文问题，确保问题多样化且覆盖文本的各个部分，"
+        '格式如下："1：", "2：", ...',
+    },
+}
+
+# A numbered item: "1: ", "1. ", "1) ", "(1)", "1、", "1：", "Q1:", "Question 1.", "问题1：", "- 1.", "**1.**", "**Q1:**".
+# A "." followed by a digit is a decimal ("1.5 million"), not a separator.
+_ITEM = re.compile(
+    r"^\s*(?:[-*•]\s+)?(?:\*\*|__)?\s*(?:(?:Q|Question|问题)\s*)?[(（]?(?P<number>\d{1,2})"
+    r"\s*(?:[:：、)）]|[.．](?!\d))\s*(?:\*\*|__)?\s*(?P<text>.*)$",
+    re.IGNORECASE,
+)
+
+
+def question_prompt(task_type: str, language: str) -> str:
+    """The prompt that asks for 5 questions of `task_type` (one of `TASK_TYPES`), in `language` (`"en"` or `"zh"`)."""
+    return QUESTION_PROMPTS[language][task_type]
+
+
+def _strip_emphasis(text: str) -> str:
+    return text.strip().removeprefix("**").removesuffix("**").strip()
+
+
+def parse_questions(reply: str, num_questions: int = NUM_QUESTIONS) -> list[str] | None:
+    """The first `num_questions` questions of a numbered list in `reply`, or `None` if it has fewer.
+
+    Items are numbered 1, 2, 3, ... in order, one per line, in any of the usual styles ("1: ", "1. ", "1) ", "Q1:",
+    "**1.**", "1：" ...). A line that does not start the next number continues the current question (wrapped lines,
+    or a question on the line after its number) until a blank line; text before item 1 or after the list is ignored.
+    More than `num_questions` items: the first ones are kept.
+
+    Example:
+
+    ```python
+    >>> parse_questions("Here you go:\\n1: Who?\\n2. What?\\n3) Where\\nexactly?\\nQ4: When?\\n**5.** Why?")
+    ['Who?', 'What?', 'Where exactly?', 'When?', 'Why?']
+    ```
+    """
+    items: list[list[str]] = []
+    open_item = False
+    for line in reply.splitlines():
+        match = _ITEM.match(line)
+        if match and int(match["number"]) == len(items) + 1:
+            items.append([match["text"]] if match["text"].strip() else [])
+            open_item = True
+        elif not line.strip():
+            open_item = open_item and not items[-1]  # a blank line ends a question, unless it has no text yet
+        elif open_item:
+            items[-1].append(line.strip())
+    questions = [_strip_emphasis(" ".join(parts)) for parts in items[:num_questions]]
+    if len(questions) < num_questions or not all(questions):
+        return None
+    return questions
+
+
+def load_documents(
+    source: str,
+    text_column: str = "text",
+    id_column: str | None = None,
+    name: str | None = None,
+    split: str = "train",
+    glob: str = "**/*.txt",
+) -> Iterator[tuple[str, str]]:
+    """Yield `(document id, text)` from a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
+
+    Folder: the files matching `glob`, in sorted order, id = their path under the folder. Data set: rows in order,
+    id = `id_column` (as a string) or `row-N`; a null text is an empty document.
+    """
+    folder = Path(source)
+    if folder.is_dir():
+        paths = sorted(path for path in folder.glob(glob) if path.is_file())
+        if not paths:
+            raise FileNotFoundError(
+                f"{source}: no file matches {glob!r}. Pass `--glob` (e.g. '**/*.md'), or a .jsonl/.parquet file or a "
+                "Hub data set id with a text column."
+            )
+        for path in paths:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}: not UTF-8 text ({exc}). Convert it to UTF-8 or remove it.") from None
+            yield path.relative_to(folder).as_posix(), text
+        return
+    dataset = load_chat_dataset(source, name=name, split=split)
+    for column, option in ((text_column, "--text-column"), (id_column, "--id-column")):
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(
+                f"{source}: no column {column!r} (columns: {', '.join(dataset.column_names)}); pass {option}."
+            )
+    columns = [text_column] + ([id_column] if id_column else [])
+    for index, row in enumerate(dataset.select_columns(columns)):
+        text = row[text_column]
+        if text is not None and not isinstance(text, str):
+            raise ValueError(
+                f"{source}: row {index}: {text_column!r} is a {type(text).__name__}, not text; pass the text column "
+                "as --text-column."
+            )
+        yield (str(row[id_column]) if id_column else f"row-{index}"), text or ""
+
+
+@dataclass
+class GenerationReport:
+    """What a `generate_long_data` run did: documents seen, filtered, generated, failed, and the tokens it paid for.
+
+    `usage` counts this run's requests only (replies from the cache are free and counted in `usage["cached"]`);
+    `failed` maps document ids to why they failed; `dropped_partial_line` is set when the output ended in a line cut
+    short by a crash, which was removed.
+    """
+
+    out: str
+    seen: int = 0
+    too_short: int = 0
+    too_long: int = 0
+    already_done: int = 0
+    generated: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    usage: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("prompt_tokens", "completion_tokens", "requests", "cached"), 0)
+    )
+    dropped_partial_line: bool = False
+
+    def summary(self) -> str:
+        return (
+            f"{self.out}: {self.seen} documents seen, {self.too_short} too short and {self.too_long} too long "
+            f"(filtered), {self.already_done} already done, {self.generated} generated, {len(self.failed)} failed; "
+            f"{self.usage['requests']} requests, {self.usage['prompt_tokens']} prompt + "
+            f"{self.usage['completion_tokens']} completion tokens, {self.usage['cached']} replies from the cache"
+        )
+
+
+@dataclass
+class _Job:
+    doc_id: str
+    text: str
+    language: str
+    task_type: str
+    question_index: int
+    doc_tokens: int
+    questions: list[str] | None = None
+
+
+def _read_done(path: Path, model: str) -> tuple[set[str], bool]:
+    """Document ids already in the output, and whether a last line cut short by a crash was truncated away."""
+    done: set[str] = set()
+    if not path.exists():
+        return done, False
+    complete_bytes = 0
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                break  # every record is written with its newline in one write: this line was cut short
+            try:
+                record = json.loads(line)
+                doc_id, saved_model = record["doc_id"], record["generator_model"]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(
+                    f"{path} line {number} is not a record written by `longalign data generate`; pass another --out "
+                    "(or move the file away to start over)."
+                ) from None
+            if saved_model != model:
+                raise ValueError(
+                    f"{path} line {number} was generated by {saved_model!r}, not {model!r}: pass another --out to keep "
+                    "the models apart (or the same --model to continue)."
+                )
+            done.add(doc_id)
+            complete_bytes += len(line)
+    partial = path.stat().st_size > complete_bytes
+    if partial:
+        logger.warning(
+            "%s ended in a line cut short by a crash (%d bytes); it is removed and its document generated again.",
+            path,
+            path.stat().st_size - complete_bytes,
+        )
+        os.truncate(path, complete_bytes)
+    return done, partial
+
+
+def _num_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def _failure(step: str, result: JudgeResult) -> str:
+    last = f"; last reply: {result.text!r:.120}" if result.text is not None else ""
+    return f"{step}: {result.error}{last}"
+
+
+class _Generator:
+    """One run: the client, the tokenizer, the open output file and the report, over batches of documents."""
+
+    def __init__(
+        self, client: JudgeClient, tokenizer: PreTrainedTokenizerBase, out: BinaryIO, report: GenerationReport
+    ):
+        self.client, self.tokenizer, self.out, self.report = client, tokenizer, out, report
+
+    def _add_usage(self, results: list[JudgeResult]) -> None:
+        usage = total_usage(results)
+        for key in self.report.usage:
+            self.report.usage[key] += usage[key]
+
+    def _write(self, job: _Job, answer: str) -> None:
+        user = job.text + "\n\n" + job.questions[job.question_index]
+        record = {
+            "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+            "doc_id": job.doc_id,
+            "task_type": job.task_type,
+            "questions": job.questions,
+            "doc_tokens": job.doc_tokens,
+            "prompt_tokens": _num_tokens(self.tokenizer, user),
+            "answer_tokens": _num_tokens(self.tokenizer, answer),
+            "language": job.language,
+            "generator_model": self.client.model,
+        }
+        # One write of a whole line, flushed to disk: a crash leaves whole records and at most one cut-short last line.
+        self.out.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+        self.out.flush()
+        os.fsync(self.out.fileno())
+        self.report.generated += 1
+
+    def run_batch(self, jobs: list[_Job]) -> None:
+        prompts = [
+            [{"role": "user", "content": job.text + "\n\n" + question_prompt(job.task_type, job.language)}]
+            for job in jobs
+        ]
+        results = self.client.complete(
+            prompts, validate=lambda reply: parse_questions(reply) is not None, desc="questions"
+        )
+        self._add_usage(results)
+        ready = []
+        for job, result in zip(jobs, results):
+            if result.error is not None:
+                self.report.failed[job.doc_id] = _failure(
+                    f"question list (needs {NUM_QUESTIONS} numbered questions)", result
+                )
+                continue
+            job.questions = parse_questions(result.text)
+            ready.append(job)
+
+        def save(index: int, result: JudgeResult) -> None:
+            if result.error is not None:
+                self.report.failed[ready[index].doc_id] = _failure("answer (needs a non-empty reply)", result)
+            else:
+                self._write(ready[index], result.text)
+
+        prompts = [
+            [{"role": "user", "content": job.text + "\n\n" + job.questions[job.question_index]}] for job in ready
+        ]
+        results = self.client.complete(
+            prompts, validate=lambda reply: bool(reply.strip()), desc="answers", on_result=save
+        )
+        self._add_usage(results)
+
+
+def generate_long_data(
+    docs: str,
+    out: str | os.PathLike,
+    model: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    num_docs: int | None = None,
+    tokenizer: str | PreTrainedTokenizerBase = DEFAULT_TOKENIZER,
+    min_tokens: int = 8_000,
+    max_tokens: int = 64_000,
+    text_column: str = "text",
+    id_column: str | None = None,
+    name: str | None = None,
+    split: str = "train",
+    glob: str = "**/*.txt",
+    seed: int = 42,
+    temperature: float = 1.0,
+    max_new_tokens: int | None = None,
+    max_concurrency: int = 8,
+    timeout: float = 600.0,
+    max_retries: int = 5,
+    backoff: float = 1.0,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+) -> GenerationReport:
+    """Generate long-context instruction data from the documents in `docs` into the JSONL file `out` (resumable).
+
+    See the module docstring for the method and the record; `add_parser` documents every option (the CLI's help).
+
+    Args:
+        docs: a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
+        out: the JSONL file to append records to; documents already in it are skipped.
+        model: the model name sent to the server, recorded in every record.
+        base_url: an OpenAI-compatible server (e.g. `vllm serve MODEL`: `http://localhost:8000/v1`); `None`: OpenAI.
+        num_docs: stop after this many documents within the length bounds (those already done included).
+        tokenizer: tokenizer (or its Hub id or folder) the length bounds are counted in; use the one of the model you
+            will train, whose context the bounds are about.
+
+    Returns:
+        A `GenerationReport` (also logged, with every failed document and why).
+    """
+    if min_tokens > max_tokens:
+        raise ValueError(f"`min_tokens` ({min_tokens}) is above `max_tokens` ({max_tokens}).")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    out = Path(out)
+    client = JudgeClient(
+        model,
+        base_url=base_url,
+        api_key=api_key,
+        temperature=temperature,
+        max_concurrency=max_concurrency,
+        timeout=timeout,
+        max_retries=max_retries,
+        backoff=backoff,
+        cache_dir=cache_dir if cache_dir is not None else out.with_name(out.name + ".cache"),
+        max_tokens=max_new_tokens,
+        seed=seed,
+    )
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done, partial = _read_done(out, model)
+    report = GenerationReport(out=str(out), dropped_partial_line=partial)
+    seen_ids: set[str] = set()
+    selected = 0
+    with out.open("ab") as f, tqdm(total=num_docs, desc="documents", unit="doc") as progress:
+        generator = _Generator(client, tok, f, report)
+        batch: list[_Job] = []
+        for doc_id, text in load_documents(docs, text_column, id_column, name, split, glob):
+            if num_docs is not None and selected >= num_docs:
+                break
+            if doc_id in seen_ids:
+                raise ValueError(f"{docs}: document id {doc_id!r} appears twice; pass an --id-column of unique ids.")
+            seen_ids.add(doc_id)
+            report.seen += 1
+            if doc_id in done:
+                report.already_done += 1
+                selected += 1
+                progress.update()
+                continue
+            doc_tokens = _num_tokens(tok, text)
+            if doc_tokens < min_tokens:
+                report.too_short += 1
+                continue
+            if doc_tokens > max_tokens:
+                report.too_long += 1
+                continue
+            rng = random.Random(f"{seed}:{doc_id}")  # per document: the same draws whatever ran before
+            task_type = rng.choice(TASK_TYPES)
+            question_index = rng.randrange(NUM_QUESTIONS)
+            batch.append(_Job(doc_id, text, detect_language(text), task_type, question_index, doc_tokens))
+            selected += 1
+            if len(batch) == batch_size:
+                generator.run_batch(batch)
+                progress.update(len(batch))
+                batch = []
+        if batch:
+            generator.run_batch(batch)
+            progress.update(len(batch))
+    logger.info(report.summary())
+    if report.failed:
+        logger.warning(
+            "%d documents failed (rerun the same command to retry them; replies already received are cached):\n%s",
+            len(report.failed),
+            "\n".join(f"  {doc_id}: {reason}" for doc_id, reason in report.failed.items()),
+        )
+    return report
+
+
+def _main(args: argparse.Namespace) -> int:
+    for name in ("httpx", "httpx2"):  # one INFO line per HTTP request would bury the progress bars
+        logging.getLogger(name).setLevel(logging.WARNING)
+    generate_long_data(
+        args.docs,
+        args.out,
+        args.model,
+        base_url=args.base_url,
+        api_key=args.api_key,
+        num_docs=args.num_docs,
+        tokenizer=args.tokenizer,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        name=args.config,
+        split=args.split,
+        glob=args.glob,
+        seed=args.seed,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        max_concurrency=args.concurrency,
+        timeout=args.timeout,
+        max_retries=args.max_retries,
+        cache_dir=args.cache_dir,
+        batch_size=args.batch_size,
+    )
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register `longalign data generate`."""
+    parser = subparsers.add_parser(
+        "generate",
+        help="Self-Instruct long-context data from long documents with an LLM (resumable JSONL)",
+        description=__doc__.split("\n\n")[0],
+    )
+    source = parser.add_argument_group("documents")
+    source.add_argument(
+        "--docs",
+        required=True,
+        metavar="SOURCE",
+        help="a folder of text files, a .jsonl/.json/.parquet file with a text column, or a Hub data set id",
+    )
+    source.add_argument("--out", required=True, metavar="FILE", help="JSONL file to append records to (resumable)")
+    source.add_argument(
+        "--num-docs", type=int, metavar="N", help="stop after N documents within the length bounds (default: all)"
+    )
+    source.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help="tokenizer (Hub id or folder) of the model you will train, for the length bounds "
+        f"(default: {DEFAULT_TOKENIZER})",
+    )
+    source.add_argument(
+        "--min-tokens", type=int, default=8_000, help="skip shorter documents (default: 8000, the paper's 8k)"
+    )
+    source.add_argument(
+        "--max-tokens", type=int, default=64_000, help="skip longer documents (default: 64000, the paper's 64k)"
+    )
+    source.add_argument("--text-column", default="text", help="document column of a file or Hub set (default: text)")
+    source.add_argument("--id-column", help="column of unique document ids (default: the row number, row-N)")
+    source.add_argument("--config", help="config (subset) name of a Hub data set")
+    source.add_argument("--split", default="train", help="split of a Hub data set (default: train)")
+    source.add_argument("--glob", default="**/*.txt", help="files of a folder to read (default: **/*.txt)")
+    source.add_argument("--seed", type=int, default=42, help="seed of the task and question draws (default: 42)")
+
+    llm = parser.add_argument_group("LLM")
+    llm.add_argument("--model", required=True, help="model name the server serves, recorded in every record")
+    llm.add_argument(
+        "--base-url",
+        help="OpenAI-compatible server, e.g. `vllm serve MODEL`: http://localhost:8000/v1 (default: the OpenAI API)",
+    )
+    llm.add_argument("--api-key", help="API key (default: the OPENAI_API_KEY environment variable, safer than this)")
+    llm.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="sampling temperature (default: 1.0, the API default; the paper does not give one)",
+    )
+    llm.add_argument("--max-new-tokens", type=int, help="cap on reply tokens (default: the server's)")
+    llm.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    llm.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for one reply (default: 600, long prompts)"
+    )
+    llm.add_argument("--max-retries", type=int, default=5, help="retries per call after an error or a bad reply (5)")
+    llm.add_argument("--cache-dir", help="reply cache, what makes reruns free (default: OUT.cache next to --out)")
+    llm.add_argument(
+        "--batch-size", type=int, default=64, help="documents held in memory and asked at a time (default: 64)"
+    )
+    parser.set_defaults(func=_main)

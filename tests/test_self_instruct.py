@@ -1,0 +1,346 @@
+"""`longalign data generate` end to end against a real OpenAI-compatible server on 127.0.0.1 (scripted replies)."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import datasets
+import pytest
+from loopback_server import LoopbackServer, Reply
+
+from longalign_hf import cli
+from longalign_hf.data.self_instruct import (
+    QUESTION_PROMPTS,
+    TASK_TYPES,
+    generate_long_data,
+    load_documents,
+    parse_questions,
+    question_prompt,
+)
+
+QUESTIONS = [
+    "Who built the mill?",
+    "Why did the river flood?",
+    "When was the bridge built?",
+    "Where is it?",
+    "How was it run?",
+]
+EN_SENTENCE = "The archive records the river trade of the valley and its mills. "
+ZH_SENTENCE = "河谷的档案记录了河流贸易和磨坊的历史。"
+ALL_PROMPTS = [prompt for prompts in QUESTION_PROMPTS.values() for prompt in prompts.values()]
+MARKER = re.compile(r"\[(doc-[a-z0-9-]+)\]")
+
+
+def _text(marker, size, sentence=EN_SENTENCE):
+    """A document of at least `size` UTF-8 bytes (= byte-tokenizer tokens) that names itself."""
+    text = f"[{marker}] "
+    while len(text.encode("utf-8")) < size:
+        text += sentence
+    return text
+
+
+def _questions(doc):
+    return [f"{question} ({doc})" for question in QUESTIONS]
+
+
+# How each document's question list comes back: the formats the parser must take.
+def _colon(qs):
+    return "\n".join(f"{i}: {q}" for i, q in enumerate(qs, 1))
+
+
+def _dotted_with_preamble(qs):
+    return "Sure! Here are five questions:\n\n" + "\n".join(f"{i}. {q}" for i, q in enumerate(qs, 1)) + "\n\nEnjoy."
+
+
+def _bold(qs):
+    return "\n".join(f"**{i}.** {q}" for i, q in enumerate(qs, 1))
+
+
+def _q_prefix_and_parens(qs):
+    return "\n".join(f"Q{i}: {q}" if i % 2 else f"{i}) {q}" for i, q in enumerate(qs, 1))
+
+
+def _wrapped(qs):
+    return "\n".join(
+        f"{i}. {q.split(' ', 2)[0]} {q.split(' ', 2)[1]}\n   {q.split(' ', 2)[2]}" for i, q in enumerate(qs, 1)
+    )
+
+
+def _fullwidth(qs):
+    return "\n".join(f"{i}：{q}" for i, q in enumerate(qs, 1))
+
+
+FORMATS = {
+    "doc-colon": _colon,
+    "doc-dotted": _dotted_with_preamble,
+    "doc-bold": _bold,
+    "doc-qprefix": _q_prefix_and_parens,
+    "doc-wrapped": _wrapped,
+    "doc-zh": _fullwidth,
+    "doc-flaky": _colon,  # 500, then 429, then a good list
+    "doc-fixes": _colon,  # 4 questions, then a good list
+    "doc-noanswer": _colon,  # its answer is always empty
+}
+
+
+class Script:
+    """The server's side: question lists per document, answers that quote the question, scripted faults."""
+
+    def __init__(self, hang_after_answers=None):
+        self.hang_after_answers = hang_after_answers
+        self.answers_served = 0
+        self.served = []  # (messages key, prompt words) of every 200 reply sent
+        self.hung = threading.Event()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, request):
+        with self.lock:  # decide and count under the lock: concurrent answers must not slip past the limit
+            hang = self.hang_after_answers is not None and self.answers_served >= self.hang_after_answers
+            self.answers_served += not hang and not self.is_question_call(request)
+        if hang:
+            self.hung.set()
+            self.release.wait(30)
+            return Reply(status=503)
+        reply = self.reply(request)
+        if isinstance(reply, str):
+            with self.lock:
+                self.served.append((_key(request.messages), sum(len(m["content"].split()) for m in request.messages)))
+        return reply
+
+    @staticmethod
+    def is_question_call(request):
+        return any(request.user_content.endswith(prompt) for prompt in ALL_PROMPTS)
+
+    def reply(self, request):
+        doc = MARKER.search(request.user_content)[1]
+        if not self.is_question_call(request):
+            if doc == "doc-noanswer":
+                return "   "
+            return f"The answer to: {request.user_content.rsplit(chr(10), 1)[-1]}"
+        if doc == "doc-malformed":
+            return "1: Only\n2: three\n3: questions?"
+        if doc == "doc-flaky" and request.attempt < 2:
+            return Reply(status=500) if request.attempt == 0 else Reply(status=429, headers={"retry-after": "0"})
+        if doc == "doc-fixes" and request.attempt == 0:
+            return _colon(_questions(doc)[:4])
+        return FORMATS.get(doc, _colon)(_questions(doc))
+
+
+def _key(messages):
+    return json.dumps(messages, sort_keys=True)
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _docs_folder(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    texts = {f"{name}.txt": _text(name, 600) for name in FORMATS if name != "doc-zh"}
+    texts["doc-zh.txt"] = _text("doc-zh", 600, ZH_SENTENCE)
+    texts["sub/doc-malformed.txt"] = _text("doc-malformed", 600)
+    texts["doc-short.txt"] = _text("doc-short", 10)
+    texts["doc-long.txt"] = _text("doc-long", 5000)
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    (folder / "notes.md").write_text("not matched by the glob", encoding="utf-8")
+    return folder, texts
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "1: A?\n2: B?\n3: C?\n4: D?\n5: E?",
+        "1. A?\n2. B?\n3. C?\n4. D?\n5. E?",
+        "1) A?\n2) B?\n3) C?\n4) D?\n5) E?",
+        "Q1: A?\nQ2: B?\nQ3: C?\nQ4: D?\nQ5: E?",
+        "**1.** A?\n**2.** B?\n**3.** C?\n**4.** D?\n**5.** E?",
+        "**Q1:** **A?**\n**Q2:** B?\n- 3. C?\n(4) D?\nQuestion 5: E?",
+        "1：A?\n2：B?\n3、C?\n问题4：D?\n5．E?",
+        "Here they are:\n\n1:\nA?\n\n2:\nB?\n3: C?\n4: D?\n5: E?\n6: F?\n\nHope this helps! 7: G?",
+    ],
+)
+def test_parse_questions_formats(reply):
+    assert parse_questions(reply) == ["A?", "B?", "C?", "D?", "E?"]
+
+
+def test_parse_questions_wrapped_lines_decimals_and_too_few():
+    wrapped = "1. How did the\n   mill work?\n2. What rose\nby 1.5 metres?\n3. C?\n4. D?\n5. E?\n\nThose are all."
+    assert parse_questions(wrapped) == ["How did the mill work?", "What rose by 1.5 metres?", "C?", "D?", "E?"]
+    # Numbers must run 1, 2, 3, ...: a "2019." line inside a question is text, and a list that skips a number ends.
+    assert parse_questions("1: A?\n2: In which year,\n2019. or later?\n3: C?\n4: D?\n5: E?")[1] == (
+        "In which year, 2019. or later?"
+    )
+    assert parse_questions("1: A?\n2: B?\n4: D?\n5: E?\n6: F?") is None
+    assert parse_questions("1: A?\n2: B?\n3: C?\n4: D?") is None
+    assert parse_questions("1: A?\n2: B?\n3: C?\n4: D?\n5:") is None
+    assert parse_questions("No list here.") is None
+
+
+def test_end_to_end_generation_filters_retries_and_failures(tmp_path, tokenizer):
+    folder, texts = _docs_folder(tmp_path)
+    script = Script()
+    with LoopbackServer(script) as server:
+        report = generate_long_data(
+            str(folder),
+            tmp_path / "long.jsonl",
+            "loopback-llm",
+            base_url=server.base_url,
+            tokenizer=tokenizer,
+            min_tokens=100,
+            max_tokens=3000,
+            max_retries=2,
+            backoff=0.001,
+            max_concurrency=3,
+            batch_size=4,
+        )
+    eligible = {name for name in texts if name not in ("doc-short.txt", "doc-long.txt")}
+    assert (report.seen, report.too_short, report.too_long) == (len(texts), 1, 1)
+    assert set(report.failed) == {"sub/doc-malformed.txt", "doc-noanswer.txt"}
+    assert report.failed["sub/doc-malformed.txt"].startswith("question list (needs 5 numbered questions): invalid")
+    assert "gave up after 3 attempts" in report.failed["sub/doc-malformed.txt"]
+    assert "three" in report.failed["sub/doc-malformed.txt"]  # the last reply is quoted
+    assert report.failed["doc-noanswer.txt"].startswith("answer (needs a non-empty reply): invalid reply")
+    assert report.generated == len(eligible) - 2 and report.already_done == 0
+
+    records = _read(tmp_path / "long.jsonl")
+    assert sorted(r["doc_id"] for r in records) == sorted(eligible - {"sub/doc-malformed.txt", "doc-noanswer.txt"})
+    prompts_seen = {
+        MARKER.search(r.user_content)[1]: r.user_content for r in server.requests if Script.is_question_call(r)
+    }
+    for record in records:
+        doc = record["doc_id"].removesuffix(".txt")
+        text = texts[record["doc_id"]]
+        assert record["questions"] == _questions(doc)  # every list format parsed back to the same questions
+        user, assistant = record["messages"]
+        question = user["content"].removeprefix(text + "\n\n")
+        assert user == {"role": "user", "content": text + "\n\n" + question} and question in record["questions"]
+        assert assistant == {"role": "assistant", "content": f"The answer to: {question}"}
+        assert record["language"] == ("zh" if doc == "doc-zh" else "en")
+        assert record["task_type"] in TASK_TYPES
+        # The prompt the server received: the document, then the drawn task's prompt in the document's language.
+        assert prompts_seen[doc] == text + "\n\n" + question_prompt(record["task_type"], record["language"])
+        assert record["doc_tokens"] == len(text.encode("utf-8"))
+        assert record["prompt_tokens"] == len(user["content"].encode("utf-8"))
+        assert record["answer_tokens"] == len(assistant["content"].encode("utf-8"))
+        assert record["generator_model"] == "loopback-llm"
+    assert "请根据以上文本" in prompts_seen["doc-zh"]
+    assert len({record["task_type"] for record in records}) > 1  # drawn, not fixed
+
+    calls = [MARKER.search(r.user_content)[1] for r in server.requests if Script.is_question_call(r)]
+    assert calls.count("doc-flaky") == 3 and calls.count("doc-fixes") == 2 and calls.count("doc-malformed") == 3
+    assert report.usage["requests"] == len(server.requests)
+    assert report.usage["prompt_tokens"] == sum(words for _, words in script.served)  # the server counts words
+    assert report.usage["cached"] == 0
+    assert not any("doc-short" in r.user_content or "doc-long" in r.user_content for r in server.requests)
+
+
+def test_crash_and_resume(tmp_path, tokenizer, caplog):
+    """Kill a CLI run while requests hang, cut its last line short, rerun: no duplicate, nothing paid twice."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    texts = {f"doc-{i}.txt": _text(f"doc-{i}", 300 + 10 * i) for i in range(8)}
+    for name, text in texts.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    out, cache = tmp_path / "long.jsonl", tmp_path / "cache"
+    options = ["--min-tokens", "100", "--max-tokens", "3000", "--concurrency", "2", "--batch-size", "2"]
+    options += ["--cache-dir", str(cache), "--tokenizer", str(tmp_path / "tokenizer")]
+
+    first = Script(hang_after_answers=3)
+    with LoopbackServer(first) as server:
+        command = [sys.executable, "-m", "longalign_hf.cli", "data", "generate", "--docs", str(folder)]
+        command += ["--out", str(out), "--model", "loopback-llm", "--base-url", server.base_url, *options]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "unused"}
+        log = tmp_path / "first_run.log"
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            assert first.hung.wait(120), log.read_text()
+            time.sleep(0.5)  # let the client finish with the replies it already has
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+        finally:
+            first.release.set()
+    written = _read(out)
+    assert len(written) == 3  # the three answers served before the hang, each on its own complete line
+    with out.open("ab") as f:
+        f.write(b'{"messages": [{"role": "user", "content": "cut sh')  # a crash in the middle of a write
+
+    second = Script()
+    with LoopbackServer(second) as server:
+        cli.main(["data", "generate", "--docs", str(folder), "--out", str(out), "--model", "loopback-llm"]
+                 + ["--base-url", server.base_url, *options])  # fmt: skip
+        resent = {_key(r.messages) for r in server.requests} & {key for key, _ in first.served}
+        asked = [MARKER.search(r.user_content)[1] for r in server.requests]
+    assert "ended in a line cut short by a crash (49 bytes); it is removed" in caplog.text
+    assert not resent  # replies received before the crash came from the cache
+    assert not {record["doc_id"].removesuffix(".txt") for record in written} & set(asked)  # done: not asked
+    records = _read(out)
+    assert records[:3] == written  # appended after what was there, the cut-short line gone
+    assert sorted(record["doc_id"] for record in records) == sorted(texts)  # all documents, each once
+
+    # A third run has nothing to do and sends nothing.
+    with LoopbackServer(Script()) as server:
+        report = generate_long_data(
+            str(folder), out, "loopback-llm", base_url=server.base_url, tokenizer=tokenizer, min_tokens=100,
+            max_tokens=3000, cache_dir=cache,
+        )  # fmt: skip
+    assert (report.already_done, report.generated, len(server.requests)) == (8, 0, 0)
+    assert not report.dropped_partial_line
+
+
+def test_num_docs_counts_documents_within_bounds(tmp_path, tokenizer):
+    rows = [{"body": _text(f"doc-r{i}", 50 if i % 2 else 400), "uid": f"u{i}"} for i in range(8)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with LoopbackServer(Script()) as server:
+        report = generate_long_data(
+            str(path), tmp_path / "out.jsonl", "loopback-llm", base_url=server.base_url, tokenizer=tokenizer,
+            num_docs=3, min_tokens=100, text_column="body", id_column="uid",
+        )  # fmt: skip
+    assert sorted(r["doc_id"] for r in _read(tmp_path / "out.jsonl")) == ["u0", "u2", "u4"]
+    assert (report.seen, report.too_short, report.generated) == (5, 2, 3)
+
+
+def test_document_sources_and_their_errors(tmp_path):
+    rows = [{"text": "first document", "id": 7}, {"text": None, "id": 8}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "docs.parquet"))
+    assert list(load_documents(str(tmp_path / "docs.parquet"))) == [("row-0", "first document"), ("row-1", "")]
+    assert list(load_documents(str(tmp_path / "docs.parquet"), id_column="id"))[0] == ("7", "first document")
+    with pytest.raises(ValueError, match=r"docs.parquet: no column 'body' \(columns: text, id\); pass --text-column"):
+        list(load_documents(str(tmp_path / "docs.parquet"), text_column="body"))
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.md").write_text("markdown", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match=r"no file matches '\*\*/\*.txt'. Pass `--glob`"):
+        list(load_documents(str(folder)))
+    assert list(load_documents(str(folder), glob="*.md")) == [("a.md", "markdown")]
+    (folder / "b.txt").write_bytes(b"\xff\xfe latin-1 \xe9")
+    with pytest.raises(ValueError, match=r"b.txt: not UTF-8 text .* Convert it to UTF-8"):
+        list(load_documents(str(folder)))
+
+
+def test_output_of_another_model_or_not_records_is_refused(tmp_path, tokenizer):
+    out = tmp_path / "long.jsonl"
+    out.write_text(json.dumps({"doc_id": "a.txt", "generator_model": "model-a", "messages": []}) + "\n")
+    options = {"base_url": "http://127.0.0.1:9/v1", "tokenizer": tokenizer}
+    with pytest.raises(ValueError, match=r"long.jsonl line 1 was generated by 'model-a', not 'model-b'"):
+        generate_long_data(str(tmp_path), out, "model-b", **options)
+    out.write_text('{"text": "a note"}\n')
+    with pytest.raises(ValueError, match=r"long.jsonl line 1 is not a record written by `longalign data generate`"):
+        generate_long_data(str(tmp_path), out, "model-b", **options)
+
+
+def test_cli_registers_generate():
+    args = cli.build_parser().parse_args(["data", "generate", "--docs", "d", "--out", "o.jsonl", "--model", "m"])
+    assert (args.num_docs, args.min_tokens, args.max_tokens, args.base_url) == (None, 8000, 64000, None)
+    assert callable(args.func)
