@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import datasets
@@ -51,9 +52,12 @@ def load_chat_dataset(
 
 
 def mix_datasets(
-    parts: list[datasets.Dataset], fractions: list[float] | None = None, seed: int = 0
+    parts: list[datasets.Dataset],
+    fractions: list[float] | None = None,
+    seed: int = 0,
+    columns: Sequence[str] = ("messages",),
 ) -> datasets.Dataset:
-    """Concatenate chat data sets, optionally in the given shares, and shuffle with `seed`.
+    """Concatenate chat data sets (keeping `columns`), optionally in the given shares, and shuffle with `seed`.
 
     `fractions` are normalized to sum to one; the mixture is the largest one in which no set is oversampled (as
     TRL's `DatasetMixtureConfig`): each set contributes its first `round(share * total)` rows.
@@ -64,10 +68,11 @@ def mix_datasets(
         shares = [f / sum(fractions) for f in fractions]
         total = min(len(part) / share for part, share in zip(parts, shares))
         parts = [part.select(range(min(len(part), round(share * total)))) for part, share in zip(parts, shares)]
-    columns = [set(part.column_names) for part in parts]
-    if any("messages" not in names for names in columns):
-        raise ValueError("every data set in a mixture needs a `messages` column")
-    parts = [part.select_columns(["messages"]) for part in parts]
+    for index, part in enumerate(parts):
+        missing = set(columns) - set(part.column_names)
+        if missing:
+            raise ValueError(f"data set {index} of the mixture lacks column(s) {', '.join(sorted(missing))}")
+    parts = [part.select_columns(list(columns)) for part in parts]
     return datasets.concatenate_datasets(parts).shuffle(seed=seed)
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from longalign_hf import cli
-from longalign_hf.data import sft
+from longalign_hf.data import hub
 from longalign_hf.data.sft import build_sft_dataset, clean_conversation, normalize_conversation, token_lengths
 from longalign_hf.sft_data import load_chat_dataset, prepare_sft_dataset
 
@@ -197,7 +197,7 @@ def test_push_to_hub_uploads_the_folder(tmp_path, tokenizer, monkeypatch):
             calls.append(("upload_folder", kwargs["repo_id"], kwargs))
             return type("Commit", (), {"commit_url": "https://hf.co/datasets/org/mix/commit/1"})()
 
-    monkeypatch.setattr(sft, "HfApi", FakeApi)
+    monkeypatch.setattr(hub, "HfApi", FakeApi)
     long, short = _write(tmp_path, _long_rows(2), _sharegpt_rows(3))
     report = build_sft_dataset(long, short, tmp_path / "out", tokenizer=tokenizer, push_to_hub="org/mix", private=True)
     assert report.url == "https://hf.co/datasets/org/mix/commit/1"

@@ -39,8 +39,9 @@ from typing import Any
 
 import datasets
 from datasets.info import DatasetInfosDict
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import DatasetCard, DatasetCardData
 
+from longalign_hf.data.hub import push_hub_folder
 from longalign_hf.longbench_chat import CITATION, detect_language, few_shot_slots
 
 logger = logging.getLogger(__name__)
@@ -343,28 +344,13 @@ def write_hub_folder(out_dir: str | Path, source_dir: str | Path | None = None, 
     return out_dir
 
 
-def push_hub_folder(out_dir: str | Path, repo_id: str, private: bool = False) -> str:
-    """Upload a folder made by `write_hub_folder` to the Hub dataset `repo_id`; returns the commit URL.
-
-    The token is the user's (`HF_TOKEN` or `hf auth login`), found by `huggingface_hub`; it is never printed or
-    written here.
-    """
-    api = HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(out_dir),
-        repo_id=repo_id,
-        repo_type="dataset",
-        commit_message="Build LongBench-Chat with `longalign data build longbench-chat`",
-    )
-    return commit.commit_url
-
-
 def _main(args: argparse.Namespace) -> int:
     out_dir = write_hub_folder(args.out, source_dir=args.source, repo_id=args.push_to_hub)
     logger.info("Wrote %s; load it with datasets.load_dataset(%r, 'en')", out_dir, str(out_dir))
     if args.push_to_hub:
-        url = push_hub_folder(out_dir, args.push_to_hub, private=args.private)
+        url = push_hub_folder(
+            out_dir, args.push_to_hub, "Build LongBench-Chat with `longalign data build longbench-chat`", args.private
+        )
         logger.info("Pushed to %s; load it with datasets.load_dataset(%r, 'en')", url, args.push_to_hub)
     return 0
 

@@ -42,11 +42,12 @@ from typing import Any
 import datasets
 import numpy as np
 from datasets.info import DatasetInfosDict
-from huggingface_hub import DatasetCard, DatasetCardData, HfApi
+from huggingface_hub import DatasetCard, DatasetCardData
 from matplotlib.figure import Figure
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from longalign_hf.chat import VALID_ROLES
+from longalign_hf.data.hub import push_hub_folder
 from longalign_hf.sft_data import BAD_ROW_POLICIES, load_chat_dataset, mix_datasets
 
 logger = logging.getLogger(__name__)
@@ -388,18 +389,6 @@ def _write_hub_folder(dataset: datasets.Dataset, out_dir: Path) -> None:
         shard.to_parquet(str(data_dir / f"train-{index:05d}-of-{num_shards:05d}.parquet"))
 
 
-def _push(out_dir: Path, repo_id: str, private: bool) -> str:
-    api = HfApi()  # the user's token (HF_TOKEN or `hf auth login`), found by huggingface_hub, never seen here
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(out_dir),
-        repo_id=repo_id,
-        repo_type="dataset",
-        commit_message="Build the SFT mix with `longalign data build sft`",
-    )
-    return commit.commit_url
-
-
 def build_sft_dataset(
     long: str,
     short: str,
@@ -443,12 +432,9 @@ def build_sft_dataset(
     # Shuffled before the mix: `mix_datasets` takes each set's first rows, which should be a random sample.
     parts = [_clean_part(load_chat_dataset(r.path), r, bad_rows).shuffle(seed=seed) for r in reports]
     fractions = None if short_ratio is None else [1 - short_ratio, short_ratio]
-    mixed = mix_datasets(parts, fractions, seed=seed)
-    # `mix_datasets` keeps only `messages`. Its selection and order depend only on the sets' sizes, the fractions and
-    # the seed, so mixing stand-ins of the same sizes that hold their set's name gives every row's source.
-    stand_ins = [datasets.Dataset.from_dict({"messages": [r.name] * len(p)}) for r, p in zip(reports, parts)]
-    sources = mix_datasets(stand_ins, fractions, seed=seed)["messages"]
-    mixed = mixed.add_column("source", sources).flatten_indices()
+    parts = [part.add_column("source", [r.name] * len(part)) for r, part in zip(reports, parts)]
+    mixed = mix_datasets(parts, fractions, seed=seed, columns=("messages", "source")).flatten_indices()
+    sources = mixed["source"]
     for report in reports:
         report.in_mix = sources.count(report.name)
         logger.info(report.summary())
@@ -481,7 +467,9 @@ def build_sft_dataset(
         "Wrote %d conversations to %s; load it with datasets.load_dataset(%r)", len(mixed), out_dir, str(out_dir)
     )
     if push_to_hub:
-        report.url = _push(out_dir, push_to_hub, private)
+        report.url = push_hub_folder(
+            out_dir, push_to_hub, "Build the SFT mix with `longalign data build sft`", private
+        )
         logger.info("Pushed to %s; load it with datasets.load_dataset(%r)", report.url, push_to_hub)
     return report
 
