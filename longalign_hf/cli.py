@@ -10,6 +10,9 @@ import logging
 _COMMAND_MODULES: list[tuple[str, str]] = [
     ("data", "longalign_hf.data.longbench_chat"),
     ("eval", "longalign_hf.evaluation.longbench_chat"),
+    ("eval", "longalign_hf.evaluation.needle"),
+    ("data", "longalign_hf.data.self_instruct"),
+    ("data", "longalign_hf.data.sft"),
 ]
 
 

@@ -57,7 +57,8 @@ def truncate_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
     return truncated
 
 
-def _chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """`prompt` as one user turn through the model's chat template, ending with the generation prompt."""
     if tokenizer.chat_template is None:
         raise ValueError(
             f"The tokenizer of {tokenizer.name_or_path!r} has no chat template. Long-context evaluations must see the "
@@ -102,7 +103,7 @@ def generate_chat_answers(
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
-    texts = [_chat_text(tokenizer, prompt) for prompt in truncate_prompts(tokenizer, prompts, max_length)]
+    texts = [chat_text(tokenizer, prompt) for prompt in truncate_prompts(tokenizer, prompts, max_length)]
     if tokenizer.pad_token is None:  # only batches of more than one need it; the EOS token is masked out anyway
         logger.info("The tokenizer has no padding token: padding with its EOS token %r.", tokenizer.eos_token)
         tokenizer.pad_token = tokenizer.eos_token
