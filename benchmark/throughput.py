@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +31,13 @@ MODES = {
     "pack (sequence)": ["--batching", "pack", "--loss_weighting", "sequence"],
 }
 TARGET_PACK_OVER_NAIVE = 2.0
+
+
+def _free_port() -> int:
+    # A fresh rendezvous port per launch: the previous launch's port can linger in TIME_WAIT.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _worker(out_path: str, recipe_args: list[str]) -> None:
@@ -60,9 +68,10 @@ def run(processes: list[int], data_args: list[str]) -> list[dict]:
                 launcher = [sys.executable]
                 if num_processes > 1:
                     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+                                str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
+                                "--main_process_port", str(_free_port())]  # fmt: skip
                 command = [*launcher, __file__, "--worker", out_path, "--", *recipe_args]
-                completed = subprocess.run(command, capture_output=True, text=True, env=env)
+                completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
                 if completed.returncode != 0:
                     raise RuntimeError(f"{mode} on {num_processes} process(es) failed:\n{completed.stderr[-3000:]}")
                 with open(out_path) as handle:

@@ -197,6 +197,13 @@ class LongAlignSFTTrainer(SFTTrainer):
             drop_last=self.args.dataloader_drop_last,
         )
 
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        # Drain gloo's queue of finished gathers: destroying the DDP reducer (at exit) joins gloo's thread while
+        # holding the GIL, and a work still being released there needs the GIL too, which deadlocks the process.
+        self.accelerator.wait_for_everyone()
+        return output
+
     # ---- loss -------------------------------------------------------------------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):

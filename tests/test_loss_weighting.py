@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import datasets
 import pytest
 import torch
 from grad_check import build_dataset, reference_loss, run_case
+from launch import accelerate_launch
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.tiny import build_tiny_model
@@ -49,14 +48,8 @@ def test_two_processes(tmp_path):
     # One launch runs every case, to pay the process start-up once.
     cases_path, output_path = tmp_path / "cases.json", tmp_path / "results.pt"
     cases_path.write_text(json.dumps(CASES))
-    tests_dir = os.path.dirname(__file__)
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        os.path.join(tests_dir, "grad_check.py"), str(cases_path), str(output_path), str(tmp_path / "out"),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    script = os.path.join(os.path.dirname(__file__), "grad_check.py")
+    completed = accelerate_launch(script, [str(cases_path), str(output_path), str(tmp_path / "out")])
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = torch.load(output_path)
     assert len(results) == len(CASES)

@@ -4,11 +4,11 @@ import glob
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
+from launch import accelerate_launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
@@ -123,11 +123,10 @@ def test_every_accelerate_config_parses(path):
 
 @pytest.mark.multiprocess
 def test_recipe_starts_under_ddp_with_two_processes(tmp_path):
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        os.path.join(ROOT, "recipes", "accelerate", "ddp.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-        os.path.join(ROOT, "recipes", "sft.py"), *SHORT, "--max_steps", "2", "--output_dir", str(tmp_path / "out"),
-    ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    completed = accelerate_launch(
+        os.path.join(ROOT, "recipes", "sft.py"),
+        [*SHORT, "--max_steps", "2", "--output_dir", str(tmp_path / "out")],
+        config_file=os.path.join(ROOT, "recipes", "accelerate", "ddp.yaml"),
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Model saved to" in completed.stdout and os.path.exists(tmp_path / "out" / "model.safetensors")
