@@ -23,6 +23,8 @@ import tempfile
 
 from _lengths import print_header, print_table
 
+from longalign_hf.distributed import exit_if_gloo
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {
     "naive": ["--batching", "naive", "--loss_weighting", "sequence"],
@@ -55,6 +57,7 @@ def _worker(out_path: str, recipe_args: list[str]) -> None:
     if trainer.accelerator.is_main_process:
         with open(out_path, "w") as handle:
             json.dump({"samples": samples, "tokens": int(sum(dataset["length"])), "runtime": runtime}, handle)
+    exit_if_gloo()
 
 
 def run(processes: list[int], data_args: list[str]) -> list[dict]:

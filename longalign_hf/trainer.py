@@ -92,6 +92,11 @@ class LongAlignSFTTrainer(SFTTrainer):
             processing_class=processing_class, **kwargs,
         )  # fmt: skip
         self._check_attention_isolation()
+        if self.model.get_output_embeddings() is None:
+            raise ValueError(
+                f"{type(self.model).__name__} has no LM head, so the loss has no token log-probabilities to weight. "
+                "Load the model with `AutoModelForCausalLM` (not `AutoModel`)."
+            )
         if args.batching == "pack":
             self.train_dataset = self._pack(self.train_dataset)
             if isinstance(self.eval_dataset, dict):
@@ -197,13 +202,6 @@ class LongAlignSFTTrainer(SFTTrainer):
             drop_last=self.args.dataloader_drop_last,
         )
 
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
-        # Drain gloo's queue of finished gathers: destroying the DDP reducer (at exit) joins gloo's thread while
-        # holding the GIL, and a work still being released there needs the GIL too, which deadlocks the process.
-        self.accelerator.wait_for_everyone()
-        return output
-
     # ---- loss -------------------------------------------------------------------------------------------------
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
@@ -243,13 +241,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             )
         sample_ids, num_targets = inputs.pop(LOSS_SAMPLE_IDS), inputs.pop(LOSS_NUM_TARGETS)
         inputs["use_cache"] = False
-        try:
-            outputs = model(**inputs, fused_lm_head=True)
-        except TypeError as error:
-            raise TypeError(
-                "the model's forward does not take `fused_lm_head`; LongAlignSFTTrainer needs TRL's fused LM head "
-                "(a causal LM whose output embeddings project hidden states to the vocabulary)."
-            ) from error
+        outputs = model(**inputs, fused_lm_head=True)
         loss_sum = weighted_nll_sum(
             outputs.log_probs, outputs.label_mask, sample_ids, num_targets, self.args.loss_weighting
         )

@@ -20,6 +20,7 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, g
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.attention import choose_attention
+from longalign_hf.distributed import exit_if_gloo
 from longalign_hf.sft_data import load_chat_dataset, mix_datasets
 from longalign_hf.synthetic import long_tailed_chat_data
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
@@ -170,3 +171,4 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
 
 if __name__ == "__main__":
     main(*parse_args())
+    exit_if_gloo()

@@ -19,6 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer, pack_dataset
+from longalign_hf.distributed import exit_if_gloo
 from longalign_hf.sft_data import prepare_sft_dataset
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 
@@ -162,3 +163,4 @@ if __name__ == "__main__":
     results = [run_case(case, output_dir) for case in cases]
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         torch.save(results, output_path)
+    exit_if_gloo()

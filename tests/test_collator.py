@@ -142,3 +142,35 @@ def test_flash_attention_2_isolation_on_gpu(tokenizer, architecture):
         alone = model(input_ids=torch.tensor([ids], device="cuda"), use_cache=False).logits[0].float()
         assert (packed[start : start + len(ids)] - alone).abs().max().item() < 2e-2  # bf16
         start += len(ids)
+
+
+def test_plain_transformers_trainer_trains_on_packs(tokenizer, tmp_path):
+    # The collator alone, inside a plain `Trainer`: the model's own loss over a packed row equals the per-token mean
+    # of every sample computed alone (so nothing leaks across samples), and a step runs.
+    import datasets
+    from transformers import Trainer, TrainingArguments
+
+    from longalign_hf import pack_dataset
+
+    model = build_tiny_model(tokenizer, seed=2)
+    model.config._attn_implementation = "sdpa"
+    samples = _samples(len(tokenizer), lengths=(9, 30, 4, 17, 25))
+    rows = [{"input_ids": ids, "labels": [-100] * 2 + ids[2:]} for ids in samples]
+    packed = pack_dataset(datasets.Dataset.from_list(rows), max_length=64)
+    collator = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=len(packed), max_steps=1, report_to="none",
+                             use_cpu=True, remove_unused_columns=False, save_strategy="no")  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=packed.remove_columns(["length", "num_samples"]),
+                      data_collator=collator)  # fmt: skip
+    batch = collator([packed[i] for i in range(len(packed))])
+    with torch.no_grad():
+        packed_loss = model(**batch).loss
+        total, count = 0.0, 0
+        for row in rows:
+            logits = model(input_ids=torch.tensor([row["input_ids"]])).logits[0, :-1]
+            targets = torch.tensor(row["labels"][1:])
+            mask = targets != -100
+            total += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum")
+            count += int(mask.sum())
+    torch.testing.assert_close(packed_loss, total / count, rtol=1e-5, atol=1e-6)
+    assert trainer.train().global_step == 1

@@ -118,3 +118,17 @@ def test_custom_collator_and_untokenized_labels_are_refused(tokenizer, tmp_path)
     with pytest.raises(ValueError, match="has `input_ids` but no `labels`"):
         LongAlignSFTTrainer(model=model, args=args, processing_class=tokenizer,
                             train_dataset=datasets.Dataset.from_list([{"input_ids": [1, 2]}]))  # fmt: skip
+
+
+def test_a_model_without_lm_head_is_refused(tokenizer, tmp_path):
+    from transformers import AutoModel
+
+    from longalign_hf.tiny import tiny_config
+
+    args = LongAlignConfig(output_dir=str(tmp_path), max_length=64, use_cpu=True, report_to="none")
+    dataset = datasets.Dataset.from_list([{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}])
+    with pytest.raises(ValueError, match="has no LM head.*AutoModelForCausalLM"):
+        LongAlignSFTTrainer(
+            model=AutoModel.from_config(tiny_config(tokenizer)), args=args, train_dataset=dataset,
+            processing_class=tokenizer,
+        )  # fmt: skip
