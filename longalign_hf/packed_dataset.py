@@ -12,6 +12,7 @@ import logging
 import datasets
 import numpy as np
 import pyarrow as pa
+from datasets.fingerprint import Hasher
 
 from .packing import pack_stats, plan_packs
 
@@ -65,4 +66,6 @@ def pack_dataset(dataset: datasets.Dataset, max_length: int, strategy: str = "bf
     )
     stats = pack_stats(plan, lengths.tolist(), max_length)
     logger.info("Packed %d samples into %d packs of <= %d tokens: %s", len(lengths), len(plan), max_length, stats)
-    return datasets.Dataset(packed)
+    # Derived from the input's fingerprint: hashing the packed table itself would cost more than packing it.
+    fingerprint = Hasher.hash((dataset._fingerprint, "pack_dataset", max_length, strategy))
+    return datasets.Dataset(packed, fingerprint=fingerprint)
