@@ -4,6 +4,7 @@ from .collator import LongAlignDataCollator
 from .config import LongAlignConfig
 from .data import LongBenchChatBuilder
 from .judge import JudgeClient
+from .packed_attention import PACKED_SDPA
 from .packed_dataset import pack_dataset
 from .packing import pack_stats, plan_packs
 from .sampler import SortedBatchSampler
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "JudgeClient",
+    "PACKED_SDPA",
     "LongAlignConfig",
     "LongAlignDataCollator",
     "LongAlignSFTTrainer",

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("httpx", "httpx2"):  # one INFO line per HTTP request would bury the progress bars
+        logging.getLogger(name).setLevel(logging.WARNING)
     return int(args.func(args) or 0)
 
 

@@ -14,6 +14,7 @@ from trl import SFTTrainer
 from .collator import BOOKKEEPING_KEYS, LOSS_NUM_TARGETS, LOSS_SAMPLE_IDS, LongAlignDataCollator
 from .config import LongAlignConfig
 from .loss import weighted_nll_sum
+from .packed_attention import PACKED_SDPA
 from .packed_dataset import pack_dataset
 from .packing import balanced_pack_order, sample_cost, step_efficiency
 from .sampler import SortedBatchSampler
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 # Attention backends that keep packed samples apart: eager/sdpa through the block-diagonal mask that transformers
 # derives from restarting position ids, FlashAttention through `cu_seq_lens`.
-ISOLATING_ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3")
+ISOLATING_ATTENTION = ("eager", "sdpa", PACKED_SDPA, "flash_attention_2", "flash_attention_3")
 
 
 class LongAlignSFTTrainer(SFTTrainer):
@@ -178,6 +179,11 @@ class LongAlignSFTTrainer(SFTTrainer):
         if self.args.batching != "pack":
             return
         backend = self.model.config._attn_implementation
+        if backend == "sdpa":
+            # Same kernels, but attention per sample instead of a block-diagonal mask over the whole pack.
+            self.model.set_attn_implementation(PACKED_SDPA)
+            logger.info("Packed rows: attention %r -> %r (SDPA per sample, no pack-wide mask)", backend, PACKED_SDPA)
+            return
         if backend not in ISOLATING_ATTENTION:
             raise ValueError(
                 f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "

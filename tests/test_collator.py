@@ -101,11 +101,11 @@ def _max_pack_error(model, samples, **extra):
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "sdpa_packed"])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_packed_samples_do_not_attend_to_each_other(tokenizer, architecture, attention, checkpointing):
     model = build_tiny_model(tokenizer, architecture=architecture, seed=1)
-    model.config._attn_implementation = attention
+    model.set_attn_implementation(attention)
     model.config.use_cache = True  # the config default that silently mixes samples when a cache is created
     model.train()
     if checkpointing:
@@ -174,3 +174,25 @@ def test_plain_transformers_trainer_trains_on_packs(tokenizer, tmp_path):
             count += int(mask.sum())
     torch.testing.assert_close(packed_loss, total / count, rtol=1e-5, atol=1e-6)
     assert trainer.train().global_step == 1
+
+
+def test_sdpa_packed_finds_samples_from_position_ids_alone(tokenizer):
+    model = build_tiny_model(tokenizer, seed=1)
+    model.set_attn_implementation("sdpa_packed")
+    samples = _samples(len(tokenizer))
+    without_cu_seq_lens = {"cu_seq_lens_q": None, "cu_seq_lens_k": None, "max_length_q": None, "max_length_k": None}
+    assert _max_pack_error(model, samples, **without_cu_seq_lens) < 1e-4
+
+
+def test_sdpa_packed_leaves_padded_batches_to_sdpa(tokenizer):
+    model = build_tiny_model(tokenizer, seed=1)
+    model.set_attn_implementation("sdpa_packed")
+    samples = _samples(len(tokenizer))
+    batch = LongAlignDataCollator(pad_token_id=0, padding_free=False, return_loss_bookkeeping=False)(
+        [{"input_ids": ids, "labels": ids} for ids in samples]
+    )
+    batch.pop("labels")
+    logits = model(**batch).logits
+    for row, ids in enumerate(samples):
+        alone = model(input_ids=torch.tensor([ids])).logits[0]
+        assert (logits[row, : len(ids)] - alone).abs().max().item() < 1e-4

@@ -432,8 +432,6 @@ def generate_long_data(
 
 
 def _main(args: argparse.Namespace) -> int:
-    for name in ("httpx", "httpx2"):  # one INFO line per HTTP request would bury the progress bars
-        logging.getLogger(name).setLevel(logging.WARNING)
     generate_long_data(
         args.docs,
         args.out,

@@ -377,9 +377,6 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    # One INFO line per HTTP request would bury the progress bars.
-    for name in ("httpx", "httpx2"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     results = run_longbench_chat(args.model, **options_from_args(args))
     print(format_summary([results]))
     return 0

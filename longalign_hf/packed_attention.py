@@ -1,0 +1,59 @@
+"""`sdpa_packed`: PyTorch SDPA run sample by sample inside a packed row, for machines without FlashAttention.
+
+Plain `sdpa` isolates packed samples with a block-diagonal mask over the whole row, so it computes (and masks) every
+token pair of the pack: a 64k-token pack of 300-token samples costs ~200x the attention it needs, plus a 64k x 64k
+mask. `sdpa_packed` instead cuts the row at the sample boundaries (`cu_seq_lens_q` from `LongAlignDataCollator`, or
+the restarts of `position_ids`) and runs causal SDPA on each sample, like FlashAttention-2's varlen kernel does.
+Padded batches (with an attention mask) go through plain `sdpa` unchanged.
+
+Importing `longalign_hf` registers it with transformers' `AttentionInterface` and `AttentionMaskInterface`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+PACKED_SDPA = "sdpa_packed"
+
+
+def _sample_bounds(query: torch.Tensor, kwargs: dict) -> list[int] | None:
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is not None:
+        return cu_seq_lens.tolist()
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None or position_ids.shape[-1] != query.shape[2]:
+        return None
+    positions = position_ids.reshape(-1, position_ids.shape[-1])[0]
+    starts = (torch.diff(positions, prepend=positions[:1] - 1) != 1).nonzero().flatten().tolist()
+    return [*starts, positions.numel()] if starts[:1] == [0] else [0, *starts, positions.numel()]
+
+
+def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Causal SDPA per packed sample when the row is packed and unmasked; plain SDPA otherwise."""
+    bounds = _sample_bounds(query, kwargs) if attention_mask is None and query.shape[0] == 1 else None
+    if bounds is None or len(bounds) <= 2:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    outputs = [
+        sdpa_attention_forward(
+            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None,
+            dropout=dropout, scaling=scaling, is_causal=True,
+        )[0]
+        for start, end in zip(bounds[:-1], bounds[1:])
+    ]  # fmt: skip
+    return torch.cat(outputs, dim=1), None
+
+
+def packed_sdpa_mask(*args, attention_mask=None, **kwargs):
+    """No mask for an unpadded (packed) row, which the attention cuts itself; SDPA's mask for padded batches."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention_forward)
+AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
