@@ -25,6 +25,11 @@ class LongAlignConfig(SFTConfig):
     TRL's own `packing` and `padding_free` must stay off: `batching="pack"` replaces them with LongAlign packing, whose
     collator keeps the per-sample bookkeeping that exact loss weighting needs.
 
+    Defaults that differ from `SFTConfig`: checkpointing is set through `activation_checkpointing` (on, as in TRL);
+    on a machine without a GPU `bf16` defaults to off (TRL turns it on, which transformers refuses on a CPU) and
+    `dataloader_pin_memory` to off; several processes without a GPU set `use_cpu=True`, without which transformers
+    starts no process group and every process would train alone on all the data.
+
     Parameters:
         batching (`str`, *optional*, defaults to `"pack"`):
             How samples become batches. `"naive"`: random batches of `per_device_train_batch_size` samples, padded.
