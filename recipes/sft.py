@@ -114,10 +114,20 @@ def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignCo
 
 def load_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool):
     """The training data: a mixture, one data set (Hub id, file or folder), or the embedded default's."""
+    if mixture.datasets and script_args.dataset_name:
+        raise ValueError(
+            "both a `datasets:` mixture and --dataset_name are set; use one (copy the recipe YAML without its "
+            "`datasets:` list to train on --dataset_name)"
+        )
+    if mixture.datasets and (mixture.streaming or mixture.test_split_size is not None):
+        raise ValueError("`streaming` and `test_split_size` are not supported: packing plans over the whole data set")
     if mixture.datasets:
         parts = [
             load_chat_dataset(d.path, name=d.name, split=d.split, data_dir=d.data_dir, data_files=d.data_files)
             for d in mixture.datasets
+        ]
+        parts = [
+            part if d.columns is None else part.select_columns(d.columns) for part, d in zip(parts, mixture.datasets)
         ]
         fractions = [d.fraction for d in mixture.datasets]
         return mix_datasets(parts, None if all(f is None for f in fractions) else fractions)

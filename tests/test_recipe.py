@@ -130,3 +130,10 @@ def test_recipe_starts_under_ddp_with_two_processes(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Model saved to" in completed.stdout and os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
+def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):
+    config = os.path.join(ROOT, "recipes", "configs", "qwen2.5-7b-32k.yaml")
+    script_args, _, _, mixture = recipe.parse_args(["--config", config, "--use_cpu", "true", "--dataset_name", "x"])
+    with pytest.raises(ValueError, match="use one"):
+        recipe.load_data(script_args, mixture, embedded=False)
