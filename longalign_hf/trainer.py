@@ -58,8 +58,8 @@ class LongAlignSFTTrainer(SFTTrainer):
 
     def __init__(self, model, args: LongAlignConfig | None = None, data_collator=None, train_dataset=None,
                  eval_dataset=None, processing_class=None, **kwargs):  # fmt: skip
+        name = model if isinstance(model, str) else model.config._name_or_path
         if args is None:
-            name = model if isinstance(model, str) else model.config._name_or_path
             args = LongAlignConfig(f"{name.split('/')[-1]}-LongAlign")
         if not isinstance(args, LongAlignConfig):
             raise TypeError(f"LongAlignSFTTrainer needs a LongAlignConfig, got {type(args).__name__}")
@@ -70,9 +70,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             )
         self._check_parallelism(args)
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(
-                model if isinstance(model, str) else model.config._name_or_path
-            )
+            processing_class = AutoTokenizer.from_pretrained(name)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -212,11 +210,10 @@ class LongAlignSFTTrainer(SFTTrainer):
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
-        local = torch.zeros(2, dtype=torch.float64, device=device)
-        for batch in batch_samples:
-            num_targets = batch[LOSS_NUM_TARGETS]
-            local[0] += (num_targets > 0).sum().item()
-            local[1] += num_targets.sum().item()
+        # One device transfer for the whole step, not one sync per micro-batch.
+        counts = [batch[LOSS_NUM_TARGETS] for batch in batch_samples]
+        num_targets = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+        local = torch.stack([(num_targets > 0).sum(), num_targets.sum()]).to(device, torch.float64)
         totals = self.accelerator.reduce(local, reduction="sum") if self.accelerator.num_processes > 1 else local
         if batch_samples and totals[0] == 0:
             raise ValueError(
