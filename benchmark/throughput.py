@@ -5,9 +5,11 @@ chat mix, max length 4096) for one epoch, on 1 process and on 2 processes (gloo,
 of unbalanced batches is real). Naive and sorted batching give each device one sample per step (the paper's setup);
 packing gives each device one pack. Throughput counts real tokens (no padding) and samples per second of training
 (`train_runtime`); the ratio is each mode's samples/s over naive batching's on the same number of processes.
+The machine is noisy, so every mode runs `--repeats` times, interleaved (repeat 1 of every mode, then repeat 2, ...),
+and the table reports the median time with the spread.
 
-    python benchmark/throughput.py            # the full embedded default data (280 samples)
-    python benchmark/throughput.py --quick    # a smoke test (small data)
+    python benchmark/throughput.py            # the full embedded default data (280 samples), 3 repeats
+    python benchmark/throughput.py --quick    # a smoke test (small data, 1 repeat)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 from _lengths import print_header, print_table
 
 from longalign_hf.distributed import exit_if_gloo
@@ -60,33 +63,46 @@ def _worker(out_path: str, recipe_args: list[str]) -> None:
     exit_if_gloo()
 
 
-def run(processes: list[int], data_args: list[str]) -> list[dict]:
-    results = []
+def _train_once(mode: str, num_processes: int, data_args: list[str], env: dict[str, str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "result.json")
+        recipe_args = [*MODES[mode], *data_args, "--output_dir", os.path.join(tmp, "model")]
+        launcher = [sys.executable]
+        if num_processes > 1:
+            launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                        str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "--main_process_port", str(_free_port())]  # fmt: skip
+        command = [*launcher, __file__, "--worker", out_path, "--", *recipe_args]
+        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+        if completed.returncode != 0:
+            raise RuntimeError(f"{mode} on {num_processes} process(es) failed:\n{completed.stderr[-3000:]}")
+        with open(out_path) as handle:
+            return json.load(handle)
+
+
+def run(processes: list[int], data_args: list[str], repeats: int = 1) -> list[dict]:
+    """Train every mode on every process count `repeats` times, interleaved; one result per (mode, processes)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for num_processes in processes:
-        for mode, mode_args in MODES.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                out_path = os.path.join(tmp, "result.json")
-                recipe_args = [*mode_args, *data_args, "--output_dir", os.path.join(tmp, "model")]
-                launcher = [sys.executable]
-                if num_processes > 1:
-                    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                                str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
-                                "--main_process_port", str(_free_port())]  # fmt: skip
-                command = [*launcher, __file__, "--worker", out_path, "--", *recipe_args]
-                completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
-                if completed.returncode != 0:
-                    raise RuntimeError(f"{mode} on {num_processes} process(es) failed:\n{completed.stderr[-3000:]}")
-                with open(out_path) as handle:
-                    result = json.load(handle)
-            results.append({"mode": mode, "processes": num_processes, **result})
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(repeats):
+        for num_processes in processes:
+            for mode in MODES:
+                runs.setdefault((mode, num_processes), []).append(_train_once(mode, num_processes, data_args, env))
+    results = []
+    for (mode, num_processes), trials in runs.items():
+        runtimes = sorted(trial["runtime"] for trial in trials)
+        results.append({
+            "mode": mode, "processes": num_processes, "samples": trials[0]["samples"], "tokens": trials[0]["tokens"],
+            "runtime": float(np.median(runtimes)), "runtimes": runtimes,
+        })  # fmt: skip
     return results
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
-    parser.add_argument("--quick", action="store_true", help="small data, for a smoke test")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every mode; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="small data and one repeat, for a smoke test")
     parser.add_argument("--worker", nargs=1, metavar="OUT", help=argparse.SUPPRESS)
     args, recipe_args = parser.parse_known_args(argv)
     if args.worker:
@@ -97,7 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "1"]  # fmt: skip
     if args.quick:
         data_args += ["--default_num_short", "16", "--default_num_long", "4", "--max_length", "1024"]
-    results = run([int(n) for n in args.processes.split(",")], data_args)
+    repeats = 1 if args.quick else args.repeats
+    results = run([int(n) for n in args.processes.split(",")], data_args, repeats)
     rows = []
     for result in results:
         naive = next(r for r in results if r["mode"] == "naive" and r["processes"] == result["processes"])
@@ -106,11 +123,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if result["mode"].startswith("pack") and result["processes"] > 1:
             target, status = f">= {TARGET_PACK_OVER_NAIVE}x", "PASS" if ratio >= TARGET_PACK_OVER_NAIVE else "FAIL"
         rows.append([
-            result["mode"], str(result["processes"]), f"{result['samples']}", f"{result['runtime']:.1f}",
+            result["mode"], str(result["processes"]), f"{result['samples']}",
+            f"{result['runtime']:.1f} ({result['runtimes'][0]:.1f}-{result['runtimes'][-1]:.1f})",
             f"{result['samples'] / result['runtime']:.2f}", f"{result['tokens'] / result['runtime']:,.0f}",
             f"{ratio:.2f}x", target, status,
         ])  # fmt: skip
-    print("\nOne epoch of the embedded default (tiny Llama, 1 CPU thread per process)\n")
+    print(
+        f"\nOne epoch of the embedded default (tiny Llama, 1 CPU thread per process); seconds: median (min-max) "
+        f"of {repeats} run(s)\n"
+    )
     print_table(
         ["mode", "processes", "samples", "seconds", "samples/s", "tokens/s", "vs naive", "target", "status"], rows
     )

@@ -6,7 +6,7 @@ from .data import LongBenchChatBuilder
 from .judge import JudgeClient
 from .packed_attention import PACKED_SDPA
 from .packed_dataset import pack_dataset
-from .packing import pack_stats, plan_packs
+from .packing import pack_stats, plan_packs, split_packs
 from .sampler import SortedBatchSampler
 from .trainer import LongAlignSFTTrainer
 
@@ -23,4 +23,5 @@ __all__ = [
     "pack_dataset",
     "pack_stats",
     "plan_packs",
+    "split_packs",
 ]

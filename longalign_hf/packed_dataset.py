@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from datasets.fingerprint import Hasher
 
-from .packing import pack_stats, plan_packs
+from .packing import DEFAULT_ATTENTION_CONSTANT, pack_stats, plan_packs, split_packs
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +24,20 @@ def _column_values(table: pa.Table, name: str) -> pa.Array:
     return column.flatten()
 
 
-def pack_dataset(dataset: datasets.Dataset, max_length: int, strategy: str = "bfd") -> datasets.Dataset:
+def pack_dataset(
+    dataset: datasets.Dataset,
+    max_length: int,
+    strategy: str = "bfd",
+    multiple_of: int = 1,
+    attention_constant: float = DEFAULT_ATTENTION_CONSTANT,
+) -> datasets.Dataset:
     """Pack the samples of `dataset` (`input_ids`, `labels`; `length` is computed when missing) into rows.
 
     Returns a data set with one row per pack: `input_ids` and `labels` (the samples concatenated), `seq_lengths` (the
     sample lengths, in order), `length` (tokens in the pack) and `num_samples`. Samples must already fit in
-    `max_length` (see the `overflow` policy of `prepare_sft_dataset`).
+    `max_length` (see the `overflow` policy of `prepare_sft_dataset`). With `multiple_of > 1` the costliest packs are
+    split (`split_packs`, costs with `attention_constant`) so the number of packs is a multiple of it: pass
+    `num_devices * per_device_train_batch_size` so no device has to repeat a pack at the end of an epoch.
 
     Example:
         >>> import datasets
@@ -45,6 +53,17 @@ def pack_dataset(dataset: datasets.Dataset, max_length: int, strategy: str = "bf
         dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc="Measuring samples")
     lengths = np.asarray(dataset["length"], dtype=np.int64)
     plan = plan_packs(lengths.tolist(), max_length, strategy=strategy)
+    if multiple_of > 1:
+        planned = len(plan)
+        plan = split_packs(plan, lengths, multiple_of, attention_constant)
+        if len(plan) != planned:
+            logger.info("Split %d pack(s) so the %d packs divide evenly over %d slots", len(plan) - planned,
+                        len(plan), multiple_of)  # fmt: skip
+        if len(plan) % multiple_of:
+            logger.warning(
+                "%d packs do not divide over %d slots and no pack has two samples to split: the last round will "
+                "repeat packs from the start of the epoch (accelerate's even_batches)", len(plan), multiple_of
+            )  # fmt: skip
     order = np.fromiter((index for pack in plan for index in pack), dtype=np.int64, count=len(lengths))
     table = dataset.select_columns(["input_ids", "labels"]).select(order).with_format("arrow")[:]
 
@@ -67,5 +86,7 @@ def pack_dataset(dataset: datasets.Dataset, max_length: int, strategy: str = "bf
     stats = pack_stats(plan, lengths.tolist(), max_length)
     logger.info("Packed %d samples into %d packs of <= %d tokens: %s", len(lengths), len(plan), max_length, stats)
     # Derived from the input's fingerprint: hashing the packed table itself would cost more than packing it.
-    fingerprint = Hasher.hash((dataset._fingerprint, "pack_dataset", max_length, strategy))
+    fingerprint = Hasher.hash(
+        (dataset._fingerprint, "pack_dataset", max_length, strategy, multiple_of, attention_constant)
+    )
     return datasets.Dataset(packed, fingerprint=fingerprint)

@@ -295,6 +295,61 @@ def pack_cost(
     return float(sample_cost(pack_lengths, attention_constant).sum())
 
 
+def _halve(pack: list[int], costs: np.ndarray) -> tuple[list[int], list[int]]:
+    """Two non-empty packs of about equal cost: costliest sample first, each into the cheaper half so far."""
+    halves: tuple[list[int], list[int]] = ([], [])
+    totals = [0.0, 0.0]
+    for index in sorted(pack, key=lambda i: (-costs[i], i)):
+        side = 0 if totals[0] <= totals[1] else 1
+        halves[side].append(index)
+        totals[side] += costs[index]
+    return sorted(halves[0]), sorted(halves[1])
+
+
+def split_packs(
+    plan: Sequence[Sequence[int]],
+    lengths: Sequence[int] | np.ndarray,
+    multiple_of: int,
+    attention_constant: float = DEFAULT_ATTENTION_CONSTANT,
+) -> list[list[int]]:
+    """Split the costliest packs in two until the number of packs is a multiple of `multiple_of`.
+
+    Data-parallel training needs the same number of micro-batches on every device. When the packs do not divide
+    evenly, `accelerate` completes the last round by repeating packs from the start of the epoch, so their samples
+    are trained twice and weigh double, and the devices that got the last packs wait for the others. Splitting the
+    costliest multi-sample packs instead (each into two halves of about equal `sample_cost`) trains every sample
+    exactly once and lowers the cost of the slowest packs. At most `multiple_of - 1` splits are made; when no pack
+    with two or more samples is left, the plan is returned short of the multiple.
+
+    Args:
+        plan (`Sequence[Sequence[int]]`):
+            Sample indices of each pack, e.g. from `plan_packs`.
+        lengths (`Sequence[int]` or `np.ndarray`):
+            Token count of every sample, indexed like the plan.
+        multiple_of (`int`):
+            Packs per round over all devices: `num_devices * per_device_train_batch_size`.
+        attention_constant (`float`, *optional*, defaults to `24576.0`):
+            `C` of `sample_cost`, to rank packs and balance the halves.
+
+    Returns:
+        `list[list[int]]`: the plan with each split pack replaced in place by its two halves (indices ascending).
+
+    Example:
+        >>> split_packs([[0, 1, 2], [3]], [1, 2, 3, 6], multiple_of=3)  # sample 2 alone, then samples 0 and 1
+        [[2], [0, 1], [3]]
+    """
+    multiple_of = _check_positive_int(multiple_of, "multiple_of")
+    costs = sample_cost(np.asarray(lengths, dtype=np.float64), attention_constant)
+    packs = [list(pack) for pack in plan]
+    for _ in range(-len(packs) % multiple_of):
+        splittable = [i for i, pack in enumerate(packs) if len(pack) > 1]
+        if not splittable:
+            break
+        costliest = max(splittable, key=lambda i: (costs[packs[i]].sum(), -i))
+        packs[costliest : costliest + 1] = _halve(packs[costliest], costs)
+    return packs
+
+
 def _as_sort_keys(keys: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     """`keys` as a 1-D numeric array that sorts well (no NaN or infinity); errors name the argument and index."""
     array = np.asarray(keys)

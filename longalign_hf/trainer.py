@@ -151,8 +151,10 @@ class LongAlignSFTTrainer(SFTTrainer):
         return 6.0 * self.model.config.get_text_config().hidden_size
 
     def _pack(self, dataset: datasets.Dataset) -> datasets.Dataset:
-        packed = pack_dataset(dataset, self.args.max_length, strategy=self.args.pack_planner)
         constant = self._attention_cost_constant()
+        # Packs that divide evenly over the devices: accelerate would otherwise repeat packs in the last round.
+        slots = 1 if self.args.dataloader_drop_last else self.args.world_size * self.args.per_device_train_batch_size
+        packed = pack_dataset(dataset, self.args.max_length, self.args.pack_planner, slots, constant)
         costs = [float(sample_cost(np.asarray(lengths), constant).sum()) for lengths in packed["seq_lengths"]]
         packed = packed.add_column("cost", costs)
         num_samples = np.asarray(packed["num_samples"])

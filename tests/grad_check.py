@@ -112,7 +112,7 @@ def run_case(case: dict, output_dir: str) -> dict:
         batching=case["batching"],
         loss_weighting=case["loss_weighting"],
         max_length=MAX_LENGTH,
-        per_device_train_batch_size=rows // (world * accumulation),
+        per_device_train_batch_size=case["slots"] // world if "slots" in case else rows // (world * accumulation),
         gradient_accumulation_steps=accumulation,
         activation_checkpointing=case.get("activation_checkpointing", False),
         max_steps=1,

@@ -35,6 +35,8 @@ CASES = [
     {"batching": "pack", "loss_weighting": "sequence", "accumulation": 1, "lora": True},
     {"batching": "naive", "loss_weighting": "token", "accumulation": 3, "lora": True},
     {"batching": "pack", "loss_weighting": "token", "accumulation": 3, "attn": "eager"},
+    # 8 pack slots for 6 packs: two packs are split, or 2 processes would repeat packs in the last round.
+    {"batching": "pack", "loss_weighting": "sequence", "accumulation": 1, "slots": 8},
 ]
 
 

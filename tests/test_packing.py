@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longalign_hf.packing import balanced_pack_order, pack_cost, pack_stats, plan_packs, sample_cost
+from longalign_hf.packing import (
+    balanced_pack_order,
+    pack_cost,
+    pack_stats,
+    plan_packs,
+    sample_cost,
+    split_packs,
+)
 
 BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmark"
 
@@ -227,6 +234,53 @@ def test_balanced_order_validation():
     with pytest.raises(ValueError, match="packs_per_step must be a positive integer, got 0"):
         balanced_pack_order([1.0], 0)
     assert balanced_pack_order([], 2) == []
+
+
+def test_split_packs_hand_example():
+    lengths = [10, 20, 30, 40, 50, 60, 70]
+    plan = [[0, 1], [2, 6], [3, 4, 5]]  # token costs (C large): 30, 100, 150
+    # 3 packs -> 4 slots: the costliest pack [3, 4, 5] splits into [5] (60) and [3, 4] (90).
+    assert split_packs(plan, lengths, 4, attention_constant=1e12) == [[0, 1], [2, 6], [5], [3, 4]]
+    # 3 packs -> 5 slots: then [2, 6] (100, now the costliest splittable one) splits into [6] and [2].
+    assert split_packs(plan, lengths, 5, attention_constant=1e12) == [[0, 1], [6], [2], [5], [3, 4]]
+    # Already a multiple: unchanged.
+    assert split_packs(plan, lengths, 3) == plan
+
+
+def test_split_packs_ranks_by_attention_cost():
+    # Pack 0 has fewer tokens (2,000 vs 3,000) but costs more once attention counts (C = 100).
+    lengths = [1000, 1000] + [100] * 30
+    plan = [[0, 1], list(range(2, 32))]
+    by_tokens = split_packs(plan, lengths, 3, attention_constant=1e12)
+    assert by_tokens[0] == [0, 1] and len(by_tokens) == 3
+    assert split_packs(plan, lengths, 3, attention_constant=100.0) == [[0], [1], list(range(2, 32))]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_split_packs_keeps_a_partition_and_reaches_the_multiple(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 500, rng.integers(1, 200)).tolist()
+    plan = plan_packs(lengths, 1000)
+    multiple = int(rng.integers(1, 9))
+    split = split_packs(plan, lengths, multiple)
+    assert sorted(i for pack in split for i in pack) == list(range(len(lengths)))
+    assert all(pack == sorted(pack) and sum(lengths[i] for i in pack) <= 1000 for pack in split)
+    splittable = sum(len(pack) - 1 for pack in plan)
+    assert len(split) == len(plan) + min(-len(plan) % multiple, splittable)
+    # Untouched packs keep their order; a pack split once has halves within one sample's cost of each other.
+    assert [p for p in split if p in plan] == [p for p in plan if p in split]
+    for pack in (p for p in plan if p not in split):
+        pieces = [p for p in split if set(p) <= set(pack)]
+        assert len(pieces) >= 2 and sorted(i for piece in pieces for i in piece) == pack
+        if len(pieces) == 2:
+            costs = [pack_cost(piece, lengths) for piece in pieces]
+            assert abs(costs[0] - costs[1]) <= max(sample_cost(np.asarray(lengths)[pack]))
+
+
+def test_split_packs_stops_when_nothing_can_be_split():
+    assert split_packs([[0], [1], [2]], [5, 5, 5], 4) == [[0], [1], [2]]
+    with pytest.raises(ValueError, match="multiple_of"):
+        split_packs([[0]], [5], 0)
 
 
 def test_planner_benchmark_quick(capsys, monkeypatch):

@@ -1,0 +1,227 @@
+"""Training throughput and MFU on one CUDA GPU: naive batching, sorted batching and packing, per attention backend.
+
+A real-sized model with random weights (default `1b`: TinyLlama's shape, hidden 2048, 22 layers, 32 query / 4 KV
+heads, MLP 5632, vocabulary 32000, ~1.1B parameters) trains in bf16 on random tokens whose lengths follow
+`long_tailed_lengths` (one long sample in ten, spread over max_length/8 .. max_length), one epoch per mode, for each
+attention backend that can run: `sdpa` (packed rows run as `sdpa_packed`, SDPA per sample) and `flash_attention_2`
+when flash-attn is installed. Every mode first trains a few warm-up steps that are not timed. The table gives
+tokens/s (real tokens, no padding), samples/s, each mode over naive batching, peak GPU memory and MFU.
+
+MFU = model FLOPs / (seconds x the device's dense bf16 peak). Model FLOPs of a trained sample of L tokens are
+`6 N L + 6 n_layers h L^2`: N counts the parameters used as matrices (all but the input embedding, unless it is tied
+to the LM head), 6 = forward + backward; causal attention does `QK^T` and `AV` over L^2 / 2 pairs at 2h FLOPs each
+per layer (forward), x3 with the backward. Recomputation under activation checkpointing is not counted (that would be
+hardware FLOPs utilization). The peak comes from `--peak-tflops` or the device name (table `PEAK_BF16_TFLOPS`);
+unknown devices print n/a.
+
+Without a CUDA device it prints that it skipped and exits 0. `--device cpu --quick` runs the same code with a tiny
+model on the CPU (the test suite's smoke test; MFU is n/a there).
+
+    python benchmark/throughput_gpu.py
+    python benchmark/throughput_gpu.py --attention sdpa --max-length 32768 --samples 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+
+import datasets
+import numpy as np
+import torch
+from _lengths import long_tailed_lengths, print_header, print_table
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+from longalign_hf.attention import flash_attn_available
+from longalign_hf.tiny import build_byte_tokenizer, tiny_config
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets, matched in order against the device name.
+PEAK_BF16_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+)
+MODES = ("naive", "sort", "pack")
+WARMUP_STEPS = 3
+
+
+def model_config(size: str, vocab_size: int, max_length: int):
+    """`1b`: TinyLlama-1.1B's shape; `tiny`: the CPU smoke-test model."""
+    if size == "tiny":
+        config = tiny_config(build_byte_tokenizer(), max_position_embeddings=max_length)
+        config.vocab_size = vocab_size
+        return config
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        max_position_embeddings=max_length,
+        rope_theta=10_000.0,
+        tie_word_embeddings=False,
+    )
+
+
+def peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a device by its name (`torch.cuda.get_device_name`); `None` when unknown."""
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key in device_name), None)
+
+
+def matrix_parameters(model) -> int:
+    """Parameters used in matrix multiplies: all but the input embedding (a lookup) unless it is the LM head too."""
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    return total if embedding is model.get_output_embeddings().weight else total - embedding.numel()
+
+
+def model_flops(lengths: np.ndarray, config, num_matrix_parameters: int) -> float:
+    """Training FLOPs of samples of `lengths` tokens (forward + backward, causal attention, no recomputation)."""
+    lengths = lengths.astype(np.float64)
+    attention = 6.0 * config.num_hidden_layers * config.hidden_size * float((lengths**2).sum())
+    return 6.0 * num_matrix_parameters * float(lengths.sum()) + attention
+
+
+def random_dataset(lengths: np.ndarray, vocab_size: int, seed: int) -> datasets.Dataset:
+    """Random token ids of the given lengths; every token after the first 10% is a target."""
+    rng = np.random.default_rng(seed)
+    input_ids = [rng.integers(3, vocab_size, int(n)).tolist() for n in lengths]
+    labels = [[-100] * (len(ids) // 10) + ids[len(ids) // 10 :] for ids in input_ids]
+    return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels})
+
+
+def train_epoch(
+    model, tokenizer, dataset, batching: str, args: argparse.Namespace, output_dir: str, **limits
+) -> float:
+    """Train `model` on `dataset` with `batching` and return the seconds of training (`train_runtime`)."""
+    cuda = args.device == "cuda"
+    config = LongAlignConfig(
+        output_dir=output_dir,
+        batching=batching,
+        loss_weighting="sequence",
+        max_length=args.max_length,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=1,
+        num_train_epochs=1,
+        learning_rate=1e-5,
+        bf16=cuda,
+        use_cpu=not cuda,
+        activation_checkpointing=args.activation_checkpointing,
+        save_strategy="no",
+        logging_steps=10**6,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        **limits,
+    )
+    trainer = LongAlignSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    if cuda:
+        torch.cuda.synchronize()
+    metrics = trainer.train().metrics
+    del trainer
+    gc.collect()
+    return metrics["train_runtime"]
+
+
+def run(args: argparse.Namespace) -> tuple[list[dict], str, int]:
+    """Every backend x mode; returns the results, the device name and the model's matrix parameter count."""
+    device = torch.device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    peak = args.peak_tflops or (peak_tflops(device_name) if device.type == "cuda" else None)
+    n_long = max(1, args.samples // 10)
+    lengths = long_tailed_lengths(
+        args.samples - n_long, n_long, seed=0, max_length=args.max_length, short_median=args.max_length / 64,
+        long_min=args.max_length // 8,
+    )  # fmt: skip
+    dataset = random_dataset(lengths, args.vocab_size, seed=0)
+    tokenizer = build_byte_tokenizer()
+    config = model_config(args.size, args.vocab_size, args.max_length)
+    backends = [name for name in args.attention.split(",") if name != "flash_attention_2" or flash_attn_available()]
+    skipped = sorted(set(args.attention.split(",")) - set(backends))
+    if skipped:
+        print(f"# skipped {', '.join(skipped)}: flash-attn is not installed or there is no CUDA device")
+    results, num_matrix = [], 0
+    for backend in backends:
+        torch.manual_seed(0)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=backend, dtype=dtype).to(device)
+        num_matrix = matrix_parameters(model)
+        for mode in MODES:
+            with tempfile.TemporaryDirectory() as tmp:
+                train_epoch(model, tokenizer, dataset, mode, args, tmp, max_steps=WARMUP_STEPS)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                seconds = train_epoch(model, tokenizer, dataset, mode, args, tmp)
+            peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            flops = model_flops(lengths, config, num_matrix)
+            results.append({
+                "attention": backend, "mode": mode, "samples": len(lengths), "tokens": int(lengths.sum()),
+                "seconds": seconds, "peak_gib": peak_gib,
+                "mfu": flops / (seconds * peak * 1e12) if peak else None,
+            })  # fmt: skip
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return _with_ratios(results), device_name, num_matrix
+
+
+def _with_ratios(results: list[dict]) -> list[dict]:
+    for result in results:
+        naive = next(r for r in results if r["attention"] == result["attention"] and r["mode"] == "naive")
+        result["vs_naive"] = naive["seconds"] / result["seconds"]
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--size", choices=("1b", "tiny"), default="1b", help="model shape (random weights)")
+    parser.add_argument("--attention", default="sdpa,flash_attention_2", help="comma-separated backends")
+    parser.add_argument("--max-length", type=int, default=16384, help="longest sample and pack size")
+    parser.add_argument("--samples", type=int, default=640, help="samples in the epoch (one in ten long)")
+    parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--no-activation-checkpointing", dest="activation_checkpointing", action="store_false")
+    parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, for MFU")
+    parser.add_argument("--quick", action="store_true", help="tiny model, short samples: a smoke test")
+    args = parser.parse_args(argv)
+    print_header("benchmark/throughput_gpu.py", sys.argv[1:] if argv is None else argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("No CUDA device: skipped (this benchmark needs a GPU; `--device cpu --quick` runs its smoke test).")
+        return []
+    if args.quick:
+        args.size, args.max_length, args.samples, args.vocab_size = "tiny", 512, 20, 300
+        args.activation_checkpointing = False
+    started = time.perf_counter()
+    results, device_name, num_matrix = run(args)
+    print(
+        f"\nOne epoch per mode on {device_name}: {args.size} model ({num_matrix / 1e6:,.1f}M matrix parameters), "
+        f"{results[0]['samples'] if results else 0} samples, max length {args.max_length:,}, activation "
+        f"checkpointing {'on' if args.activation_checkpointing else 'off'}; {time.perf_counter() - started:.0f} s "
+        "in all\n"
+    )
+    rows = [
+        [
+            r["attention"], r["mode"], f"{r['seconds']:.1f}", f"{r['tokens'] / r['seconds']:,.0f}",
+            f"{r['samples'] / r['seconds']:.2f}", f"{r['vs_naive']:.2f}x",
+            "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}",
+            "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}",
+        ]
+        for r in results
+    ]  # fmt: skip
+    print_table(["attention", "mode", "seconds", "tokens/s", "samples/s", "vs naive", "peak GiB", "MFU"], rows)
+    return results
+
+
+if __name__ == "__main__":
+    main()
