@@ -67,6 +67,7 @@ def test_throughput_gpu_flop_count_and_peaks(benchmark):
     assert module.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
     assert module.peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert module.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert module.peak_tflops("NVIDIA L40") == 181.0 and module.peak_tflops("NVIDIA L4") == 121.0
     assert module.peak_tflops("Tesla T4") is None
 
 
