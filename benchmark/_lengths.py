@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 
 
 def long_tailed_lengths(
@@ -53,12 +54,34 @@ def long_tailed_lengths(
     return lengths
 
 
-def load_lengths(path: str | os.PathLike) -> np.ndarray:
-    """Token counts from a `.npy` file or a text file with one integer per line."""
-    path = Path(path)
+DATASET_FILE_TYPES = (".parquet", ".jsonl", ".json")
+
+
+def load_lengths(source: str | os.PathLike, split: str = "train") -> np.ndarray:
+    """Token counts from a `.npy` file, a text file with one integer per line, or a tokenized data set.
+
+    A tokenized data set is a `.parquet` / `.jsonl` / `.json` file, a folder (written by `save_to_disk`, or of data
+    files) or a Hub id, loaded like the recipe loads data (`longalign_hf.sft_data.load_chat_dataset`, split `split`).
+    Its `length` column is used when it has one, else the length of every `input_ids` list.
+    """
+    path = Path(source)
     if path.suffix == ".npy":
         return np.load(path).astype(np.int64)
-    return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    if path.is_file() and path.suffix.lower() not in DATASET_FILE_TYPES:
+        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    from longalign_hf.sft_data import load_chat_dataset
+
+    dataset = load_chat_dataset(str(source), split=split)
+    if "length" in dataset.column_names:
+        return np.asarray(dataset["length"], dtype=np.int64)
+    if "input_ids" in dataset.column_names:
+        column = dataset.with_format("arrow")[:]["input_ids"]
+        return pc.list_value_length(column).to_numpy().astype(np.int64)
+    raise ValueError(
+        f"{source} has no `length` or `input_ids` column (it has {', '.join(dataset.column_names)}): tokenize it first "
+        "(`longalign_hf.sft_data.prepare_sft_dataset(dataset, tokenizer, max_length)`, then `save_to_disk`), or pass "
+        "token counts as a .npy or a text file with one per line"
+    )
 
 
 def print_header(script: str, argv: list[str]) -> None:

@@ -18,6 +18,7 @@ Run from the repository root (after `pip install -e .`):
 
     python benchmark/efficiency.py                      # 100k chat-like + 10k long samples, 8 devices
     python benchmark/efficiency.py --lengths lens.txt   # your own token counts (one per line, or .npy)
+    python benchmark/efficiency.py --lengths data/sft   # a tokenized data set (`length` or `input_ids` column)
     python benchmark/efficiency.py --quick              # a smoke test
 """
 
@@ -117,7 +118,12 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="20k chat-like + 2k long samples (smoke test).")
-    parser.add_argument("--lengths", help="Token counts to use instead of the synthetic mix: .npy or one per line.")
+    parser.add_argument(
+        "--lengths",
+        help="Token counts to use instead of the synthetic mix: a .npy, a text file with one per line, or a tokenized "
+        "data set (.parquet/.jsonl/.json, a folder or a Hub id with a `length` or `input_ids` column).",
+    )
+    parser.add_argument("--split", default="train", help="Split of the --lengths data set.")
     parser.add_argument("--n-short", type=int, default=100_000, help="Chat-like samples in the synthetic mix.")
     parser.add_argument("--n-long", type=int, default=10_000, help="Long samples (8k to max length) in the mix.")
     parser.add_argument("--max-length", type=int, default=65536, help="Pack capacity; longer samples are truncated.")
@@ -131,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     print_header("benchmark/efficiency.py", argv)
     if args.lengths:
-        lengths = load_lengths(args.lengths)
+        lengths = load_lengths(args.lengths, args.split)
         source = args.lengths
     else:
         n_short, n_long = (20_000, 2_000) if args.quick else (args.n_short, args.n_long)

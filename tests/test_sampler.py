@@ -4,6 +4,7 @@ import importlib
 import itertools
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
@@ -177,3 +178,22 @@ def test_efficiency_benchmark_reads_a_lengths_file(capsys, monkeypatch, tmp_path
     out = capsys.readouterr().out
     assert "(80 empty dropped, 80 truncated to 65536)" in out
     assert result["packing"]["bfd"]["num_samples"] == 320
+
+
+def test_efficiency_benchmark_reads_a_tokenized_data_set(capsys, monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
+    efficiency = importlib.import_module("efficiency")
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 9000, 300)
+    rows = {"input_ids": [[7] * int(n) for n in lengths], "labels": [[-100] * int(n) for n in lengths]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_dict({"length": lengths[:50].tolist()}).to_parquet(str(tmp_path / "counted.parquet"))
+    datasets.Dataset.from_dict({"messages": [[{"role": "user", "content": "hi"}]]}).to_json(str(tmp_path / "c.jsonl"))
+
+    assert np.array_equal(efficiency.load_lengths(tmp_path / "saved"), lengths)
+    assert np.array_equal(efficiency.load_lengths(tmp_path / "counted.parquet"), lengths[:50])
+    result = efficiency.main(["--lengths", str(tmp_path / "saved"), "--devices", "2"])
+    assert result["packing"]["bfd"]["tokens"] == lengths.sum()
+    assert "300 samples from" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"c\.jsonl has no `length` or `input_ids` column \(it has messages\)"):
+        efficiency.load_lengths(tmp_path / "c.jsonl")
