@@ -38,13 +38,13 @@ def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dro
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    # `split`, not slicing: the backward of k slices adds k zero-padded full-length gradients, O(k L) per tensor;
+    # that of one split is a single concatenation.
+    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])]
     outputs = [
-        sdpa_attention_forward(
-            module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], None,
-            dropout=dropout, scaling=scaling, is_causal=True,
-        )[0]
-        for start, end in zip(bounds[:-1], bounds[1:])
-    ]  # fmt: skip
+        sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True)[0]
+        for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))
+    ]
     return torch.cat(outputs, dim=1), None
 
 

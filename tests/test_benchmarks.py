@@ -79,3 +79,10 @@ def test_throughput_gpu_runs_on_cpu(benchmark, capsys):
     assert [(r["attention"], r["mode"]) for r in results] == [("sdpa", m) for m in ("naive", "sort", "pack")]
     assert len({(r["samples"], r["tokens"]) for r in results}) == 1
     assert all(r["mfu"] is None and r["seconds"] > 0 for r in results)
+
+
+def test_packed_attention_quick(benchmark, capsys):
+    results = benchmark("packed_attention").main(["--quick"])
+    out = capsys.readouterr().out
+    assert "| samples / pack | tokens / sample | sdpa_packed | sdpa + block-diagonal mask | mask / packed |" in out
+    assert [(r["samples"], r["sample_tokens"]) for r in results] == [(1, 512), (8, 64), (64, 8)]
