@@ -43,3 +43,18 @@ def test_outputs_and_gradients_match_the_hand_written_reference(sizes, bounds_fr
     (expected * upstream).sum().backward()
     for name, got, want in zip("qkv", inputs, expected_inputs):
         torch.testing.assert_close(got.grad, want.grad, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+def test_bounds_are_read_once_per_tensor_and_again_after_a_change():
+    from longalign_hf.packed_attention import _sample_bounds
+
+    query = torch.zeros(1, 1, 6, 2)
+    cu_seq_lens = torch.tensor([0, 2, 6])
+    first = _sample_bounds(query, {"cu_seq_lens_q": cu_seq_lens})
+    assert first == [0, 2, 6] and _sample_bounds(query, {"cu_seq_lens_q": cu_seq_lens}) is first
+    cu_seq_lens[1] = 3  # an in-place change bumps the version: read again
+    assert _sample_bounds(query, {"cu_seq_lens_q": cu_seq_lens}) == [0, 3, 6]
+    assert _sample_bounds(query, {"cu_seq_lens_q": torch.tensor([0, 1, 6])}) == [0, 1, 6]
+    position_ids = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    assert _sample_bounds(query, {"position_ids": position_ids}) == [0, 3, 5, 6]
+    assert _sample_bounds(query, {"position_ids": torch.arange(4)[None]}) is None  # not this row's length
