@@ -21,37 +21,40 @@ PACKED_SDPA = "sdpa_packed"
 
 # Every layer of a forward gets the same `cu_seq_lens_q` / `position_ids` tensor. Reading the bounds back to the host
 # once per forward instead of once per layer saves a device synchronization per layer on GPUs.
-_last_bounds: tuple[torch.Tensor, int, list[int] | None] | None = None
+_last_bounds: tuple[torch.Tensor, int, list[int]] | None = None
 
 
-def _read_bounds(query: torch.Tensor, kwargs: dict) -> list[int] | None:
+def _read_bounds(kwargs: dict) -> list[int]:
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     if cu_seq_lens is not None:
         return cu_seq_lens.tolist()
-    position_ids = kwargs["position_ids"]
-    positions = position_ids.reshape(-1, position_ids.shape[-1])[0]
+    positions = kwargs["position_ids"].reshape(-1, kwargs["position_ids"].shape[-1])[0]
     starts = (torch.diff(positions, prepend=positions[:1] - 1) != 1).nonzero().flatten().tolist()
     return [*starts, positions.numel()] if starts[:1] == [0] else [0, *starts, positions.numel()]
 
 
-def _sample_bounds(query: torch.Tensor, kwargs: dict) -> list[int] | None:
+def _sample_bounds(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> list[int] | None:
     """Token offsets where the packed samples start (and the row ends), or `None` when the row is not packed."""
     global _last_bounds
+    if query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        return None  # a batch, or a step that also attends to cached keys: not a packed row
     source = kwargs.get("cu_seq_lens_q")
     if source is None:
         source = kwargs.get("position_ids")
         if source is None or source.shape[-1] != query.shape[2]:
             return None
+    if source.is_inference():  # no version counter to tell a reused tensor from a changed one
+        return _read_bounds(kwargs)
     if _last_bounds is not None and _last_bounds[0] is source and _last_bounds[1] == source._version:
         return _last_bounds[2]
-    bounds = _read_bounds(query, kwargs)
+    bounds = _read_bounds(kwargs)
     _last_bounds = (source, source._version, bounds)
     return bounds
 
 
 def packed_sdpa_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Causal SDPA per packed sample when the row is packed and unmasked; plain SDPA otherwise."""
-    bounds = _sample_bounds(query, kwargs) if attention_mask is None and query.shape[0] == 1 else None
+    bounds = _sample_bounds(query, key, kwargs) if attention_mask is None else None
     if bounds is None or len(bounds) <= 2:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
