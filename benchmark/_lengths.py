@@ -65,7 +65,7 @@ def load_lengths(source: str | os.PathLike, split: str = "train") -> np.ndarray:
     Its `length` column is used when it has one, else the length of every `input_ids` list.
     """
     path = Path(source)
-    if path.suffix == ".npy":
+    if path.suffix.lower() == ".npy":
         return np.load(path).astype(np.int64)
     if path.is_file() and path.suffix.lower() not in DATASET_FILE_TYPES:
         return np.loadtxt(path, dtype=np.int64, ndmin=1)
@@ -78,9 +78,9 @@ def load_lengths(source: str | os.PathLike, split: str = "train") -> np.ndarray:
         column = dataset.with_format("arrow")[:]["input_ids"]
         return pc.list_value_length(column).to_numpy().astype(np.int64)
     raise ValueError(
-        f"{source} has no `length` or `input_ids` column (it has {', '.join(dataset.column_names)}): tokenize it first "
-        "(`longalign_hf.sft_data.prepare_sft_dataset(dataset, tokenizer, max_length)`, then `save_to_disk`), or pass "
-        "token counts as a .npy or a text file with one per line"
+        f"{source} has no `length` or `input_ids` column (it has {', '.join(dataset.column_names)}): tokenize it "
+        "first (`longalign_hf.sft_data.prepare_sft_dataset(dataset, tokenizer, max_length)`, then `save_to_disk`), "
+        "or pass token counts as a .npy or a text file with one per line"
     )
 
 

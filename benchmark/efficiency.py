@@ -8,11 +8,11 @@ slowest device, and
 with useful compute the sum of `sample_cost` over all samples. Naive batching: random batches of `--batch-size`
 samples per device, padded to the longest sample of the device batch (`b * cost(L_max)`). Sorted batching:
 `SortedBatchSampler`'s order, padded the same way. Packing: one pack per device per step, no padding (attention
-stays inside each sample), in random order or in `balanced_pack_order` (after `split_packs` to a multiple of the
-devices, as the trainer does). A step is one micro-step: with ZeRO-3 (the paper's setup) every micro-step
-synchronizes the devices. The speed-up is naive batching's time over each method's.
-The model counts compute only: short samples underuse a GPU and steps carry fixed costs, so measured speed-ups are
-smaller (the paper reports 2.2x-2.9x from naive batching to packing or sorted batching on 8xA800).
+stays inside each sample), in random order or in `balanced_pack_order`; bfd packs are first split to a multiple of
+the devices (`split_packs`), as the trainer does. A step is one micro-step: with ZeRO-3 (the paper's setup) every
+micro-step synchronizes the devices. The speed-up is naive batching's time over each method's. The model counts
+compute only: short samples underuse a GPU and steps carry fixed costs, so measured speed-ups are smaller (the paper
+reports 2.2x-2.9x from naive batching to packing or sorted batching on 8xA800).
 
 Run from the repository root (after `pip install -e .`):
 
@@ -81,9 +81,9 @@ def simulate(
     def pack_costs(plan: list[list[int]]) -> np.ndarray:
         return np.array([per_sample[pack].sum() for pack in plan])
 
-    bfd_costs, next_fit_costs = pack_costs(plans["bfd"]), pack_costs(plans["next_fit"])
+    next_fit_costs = pack_costs(plans["next_fit"])
     # What the trainer trains: packs split to a multiple of the devices, so none repeats in the last step.
-    split_costs = pack_costs(split_packs(plans["bfd"], lengths, devices, attention_constant))
+    bfd_costs = pack_costs(split_packs(plans["bfd"], lengths, devices, attention_constant))
     sorted_order = np.fromiter(
         SortedBatchSampler(lengths, batch_size, num_replicas=devices, seed=seed), dtype=np.int64
     )
@@ -101,7 +101,7 @@ def simulate(
             balanced_pack_order(bfd_costs, devices, seed, balance=False), bfd_costs, devices
         ),
         "packing bfd, balanced schedule": _packs_time(
-            balanced_pack_order(split_costs, devices, seed), split_costs, devices
+            balanced_pack_order(bfd_costs, devices, seed), bfd_costs, devices
         ),
     }
     naive_time = next(iter(times.values()))

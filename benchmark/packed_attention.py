@@ -43,6 +43,7 @@ def time_attention(attention, query, key, value, repeats: int) -> float:
 
 
 def measure(tokens: int, samples: int, heads: int, kv_heads: int, head_dim: int, repeats: int) -> dict:
+    """Seconds of both attentions over one pack of `tokens` tokens cut into `samples` samples of equal length."""
     sizes = [tokens // samples] * samples
     sizes[-1] += tokens - sum(sizes)
     cu_seq_lens = torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()], dtype=torch.int32)
@@ -80,11 +81,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_header("benchmark/packed_attention.py", sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.tokens, args.samples, args.repeats = 512, "1,8,64", 1
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    results = [
-        measure(args.tokens, int(k), args.heads, args.kv_heads, args.head_dim, args.repeats)
-        for k in args.samples.split(",")
-    ]
+    try:
+        results = [
+            measure(args.tokens, int(k), args.heads, args.kv_heads, args.head_dim, args.repeats)
+            for k in args.samples.split(",")
+        ]
+    finally:
+        torch.set_num_threads(threads)
     print(
         f"\nAttention forward + backward of one {args.tokens:,}-token pack (fp32, CPU, {args.threads} thread(s); "
         f"{args.heads} query / {args.kv_heads} key-value heads of {args.head_dim}); ms, median of {args.repeats}\n"

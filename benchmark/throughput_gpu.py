@@ -11,8 +11,12 @@ MFU = model FLOPs / (seconds x the device's dense bf16 peak). Model FLOPs of a t
 `6 N L + 6 n_layers h L^2`: N counts the parameters used as matrices (all but the input embedding, unless it is tied
 to the LM head), 6 = forward + backward; causal attention does `QK^T` and `AV` over L^2 / 2 pairs at 2h FLOPs each
 per layer (forward), x3 with the backward. Recomputation under activation checkpointing is not counted (that would be
-hardware FLOPs utilization). The peak comes from `--peak-tflops` or the device name (table `PEAK_BF16_TFLOPS`);
-unknown devices print n/a.
+hardware FLOPs utilization). The peak comes from `--peak-tflops` or the device name (table `PEAK_BF16_TFLOPS`; a MIG
+slice reports its whole GPU's name, so pass `--peak-tflops` there); unknown devices print n/a.
+
+Naive and sorted batching train `--batch-size` samples per step (padded), packing one pack of `--max-length` tokens.
+On one GPU with batch size 1 they do the same work: their difference in the paper comes from 8 devices waiting for
+the slowest (see `benchmark/efficiency.py`); a larger `--batch-size` shows what padding costs them.
 
 Without a CUDA device it prints that it skipped and exits 0. `--device cpu --quick` runs the same code with a tiny
 model on the CPU (the test suite's smoke test; MFU is n/a there).
@@ -44,6 +48,7 @@ PEAK_BF16_TFLOPS = (
     ("H100 PCIe", 756.0),
     ("H100 NVL", 835.0),
     ("H100", 989.0),
+    ("H200 NVL", 835.0),
     ("H200", 989.0),
     ("A100", 312.0),
     ("L40S", 362.0),
@@ -79,7 +84,10 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def matrix_parameters(model) -> int:
-    """Parameters used in matrix multiplies: all but the input embedding (a lookup) unless it is the LM head too."""
+    """Parameters in the FLOP count: all but the input embedding (a lookup) unless it is the LM head too.
+
+    Norm weights are counted too; they are a negligible share (about 1e-4 of a 1B model).
+    """
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight
     return total if embedding is model.get_output_embeddings().weight else total - embedding.numel()
@@ -90,6 +98,21 @@ def model_flops(lengths: np.ndarray, config, num_matrix_parameters: int) -> floa
     lengths = lengths.astype(np.float64)
     attention = 6.0 * config.num_hidden_layers * config.hidden_size * float((lengths**2).sum())
     return 6.0 * num_matrix_parameters * float(lengths.sum()) + attention
+
+
+def build_model(config, backend: str, device: torch.device):
+    """A randomly initialised model (seed 0) on `device`, in bf16 on a GPU."""
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with device:
+        return AutoModelForCausalLM.from_config(config, attn_implementation=backend, dtype=dtype)
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def random_dataset(lengths: np.ndarray, vocab_size: int, seed: int) -> datasets.Dataset:
@@ -110,7 +133,7 @@ def train_epoch(
         batching=batching,
         loss_weighting="sequence",
         max_length=args.max_length,
-        per_device_train_batch_size=1,
+        per_device_train_batch_size=1 if batching == "pack" else args.batch_size,
         gradient_accumulation_steps=1,
         num_train_epochs=1,
         learning_rate=1e-5,
@@ -127,10 +150,7 @@ def train_epoch(
     trainer = LongAlignSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     if cuda:
         torch.cuda.synchronize()
-    metrics = trainer.train().metrics
-    del trainer
-    gc.collect()
-    return metrics["train_runtime"]
+    return trainer.train().metrics["train_runtime"]
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict], str, int]:
@@ -146,33 +166,31 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str, int]:
     dataset = random_dataset(lengths, args.vocab_size, seed=0)
     tokenizer = build_byte_tokenizer()
     config = model_config(args.size, args.vocab_size, args.max_length)
-    backends = [name for name in args.attention.split(",") if name != "flash_attention_2" or flash_attn_available()]
-    skipped = sorted(set(args.attention.split(",")) - set(backends))
-    if skipped:
-        print(f"# skipped {', '.join(skipped)}: flash-attn is not installed or there is no CUDA device")
+    requested = args.attention.split(",")
+    can_flash = device.type == "cuda" and flash_attn_available()
+    backends = [name for name in requested if name != "flash_attention_2" or can_flash]
+    if len(backends) < len(requested):
+        print("# skipped flash_attention_2: flash-attn is not installed or the device is not a CUDA GPU")
     results, num_matrix = [], 0
     for backend in backends:
-        torch.manual_seed(0)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=backend, dtype=dtype).to(device)
-        num_matrix = matrix_parameters(model)
         for mode in MODES:
+            # A fresh model per run: each trainer wraps the model's forward (autocast) and may switch its attention.
             with tempfile.TemporaryDirectory() as tmp:
-                train_epoch(model, tokenizer, dataset, mode, args, tmp, max_steps=WARMUP_STEPS)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
+                train_epoch(build_model(config, backend, device), tokenizer, dataset, mode, args, tmp,
+                            max_steps=WARMUP_STEPS)  # fmt: skip
+                _release(device)
+                model = build_model(config, backend, device)
+                num_matrix = matrix_parameters(model)
                 seconds = train_epoch(model, tokenizer, dataset, mode, args, tmp)
             peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            del model
+            _release(device)
             flops = model_flops(lengths, config, num_matrix)
             results.append({
                 "attention": backend, "mode": mode, "samples": len(lengths), "tokens": int(lengths.sum()),
                 "seconds": seconds, "peak_gib": peak_gib,
                 "mfu": flops / (seconds * peak * 1e12) if peak else None,
             })  # fmt: skip
-        del model
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return _with_ratios(results), device_name, num_matrix
 
 
@@ -191,6 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--max-length", type=int, default=16384, help="longest sample and pack size")
     parser.add_argument("--samples", type=int, default=640, help="samples in the epoch (one in ten long)")
     parser.add_argument("--vocab-size", type=int, default=32000)
+    parser.add_argument("--batch-size", type=int, default=1, help="samples per step for naive and sorted batching")
     parser.add_argument("--no-activation-checkpointing", dest="activation_checkpointing", action="store_false")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, for MFU")
     parser.add_argument("--quick", action="store_true", help="tiny model, short samples: a smoke test")
@@ -199,6 +218,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("No CUDA device: skipped (this benchmark needs a GPU; `--device cpu --quick` runs its smoke test).")
         return []
+    if args.device == "cuda" and not torch.cuda.is_bf16_supported():
+        print(f"{torch.cuda.get_device_name()} has no bf16 support (pre-Ampere): skipped.")
+        return []
     if args.quick:
         args.size, args.max_length, args.samples, args.vocab_size = "tiny", 512, 20, 300
         args.activation_checkpointing = False
@@ -206,7 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results, device_name, num_matrix = run(args)
     print(
         f"\nOne epoch per mode on {device_name}: {args.size} model ({num_matrix / 1e6:,.1f}M matrix parameters), "
-        f"{results[0]['samples'] if results else 0} samples, max length {args.max_length:,}, activation "
+        f"{results[0]['samples'] if results else 0} samples, max length {args.max_length:,}, batch size "
+        f"{args.batch_size} (naive, sort), activation "
         f"checkpointing {'on' if args.activation_checkpointing else 'off'}; {time.perf_counter() - started:.0f} s "
         "in all\n"
     )

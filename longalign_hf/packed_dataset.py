@@ -53,17 +53,16 @@ def pack_dataset(
         dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc="Measuring samples")
     lengths = np.asarray(dataset["length"], dtype=np.int64)
     plan = plan_packs(lengths.tolist(), max_length, strategy=strategy)
-    if multiple_of > 1:
-        planned = len(plan)
-        plan = split_packs(plan, lengths, multiple_of, attention_constant)
-        if len(plan) != planned:
-            logger.info("Split %d pack(s) so the %d packs divide evenly over %d slots", len(plan) - planned,
-                        len(plan), multiple_of)  # fmt: skip
-        if len(plan) % multiple_of:
-            logger.warning(
-                "%d packs do not divide over %d slots and no pack has two samples to split: the last round will "
-                "repeat packs from the start of the epoch (accelerate's even_batches)", len(plan), multiple_of
-            )  # fmt: skip
+    planned = len(plan)
+    plan = split_packs(plan, lengths, multiple_of, attention_constant)
+    if len(plan) % multiple_of:
+        logger.warning(
+            "%d packs do not divide over %d slots and no pack has two samples left to split: the last round will "
+            "repeat packs from the start of the epoch (accelerate's even_batches)", len(plan), multiple_of
+        )  # fmt: skip
+    elif len(plan) != planned:
+        logger.info("Split %d pack(s) so the %d packs divide evenly over %d slots", len(plan) - planned,
+                    len(plan), multiple_of)  # fmt: skip
     order = np.fromiter((index for pack in plan for index in pack), dtype=np.int64, count=len(lengths))
     table = dataset.select_columns(["input_ids", "labels"]).select(order).with_format("arrow")[:]
 

@@ -10,6 +10,7 @@ to serve that order, and sorted batching, to a `Trainer`.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 from collections.abc import Sequence
 from numbers import Real
@@ -340,13 +341,29 @@ def split_packs(
     """
     multiple_of = _check_positive_int(multiple_of, "multiple_of")
     costs = sample_cost(np.asarray(lengths, dtype=np.float64), attention_constant)
-    packs = [list(pack) for pack in plan]
-    for _ in range(-len(packs) % multiple_of):
-        splittable = [i for i, pack in enumerate(packs) if len(pack) > 1]
-        if not splittable:
+    pieces = [list(pack) for pack in plan]
+    # Max-heap of splittable pieces by cost; ties go to the earliest piece.
+    heap = [(-float(costs[pack].sum()), i) for i, pack in enumerate(pieces) if len(pack) > 1]
+    heapq.heapify(heap)
+    halves_of: dict[int, tuple[int, int]] = {}
+    for _ in range(-len(pieces) % multiple_of):
+        if not heap:
             break
-        costliest = max(splittable, key=lambda i: (costs[packs[i]].sum(), -i))
-        packs[costliest : costliest + 1] = _halve(packs[costliest], costs)
+        _, costliest = heapq.heappop(heap)
+        halves_of[costliest] = (len(pieces), len(pieces) + 1)
+        for half in _halve(pieces[costliest], costs):
+            if len(half) > 1:
+                heapq.heappush(heap, (-float(costs[half].sum()), len(pieces)))
+            pieces.append(half)
+    packs = []
+    for first in range(len(plan)):
+        stack = [first]
+        while stack:  # a split piece is replaced, in place, by its halves (depth first, first half first)
+            piece = stack.pop()
+            if piece in halves_of:
+                stack.extend(reversed(halves_of[piece]))
+            else:
+                packs.append(pieces[piece])
     return packs
 
 

@@ -97,7 +97,10 @@ class LongAlignSFTTrainer(SFTTrainer):
                 "Load the model with `AutoModelForCausalLM` (not `AutoModel`)."
             )
         if args.batching == "pack":
-            self.train_dataset = self._pack(self.train_dataset)
+            # Train packs divide evenly over the devices: accelerate would otherwise repeat packs in the last round
+            # (evaluation drops repeated samples itself).
+            slots = 1 if args.dataloader_drop_last else args.world_size * args.per_device_train_batch_size
+            self.train_dataset = self._pack(self.train_dataset, multiple_of=slots)
             if isinstance(self.eval_dataset, dict):
                 self.eval_dataset = {key: self._pack(value) for key, value in self.eval_dataset.items()}
             elif self.eval_dataset is not None:
@@ -150,11 +153,12 @@ class LongAlignSFTTrainer(SFTTrainer):
             return self.args.attention_cost_constant
         return 6.0 * self.model.config.get_text_config().hidden_size
 
-    def _pack(self, dataset: datasets.Dataset) -> datasets.Dataset:
+    def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> datasets.Dataset:
         constant = self._attention_cost_constant()
-        # Packs that divide evenly over the devices: accelerate would otherwise repeat packs in the last round.
-        slots = 1 if self.args.dataloader_drop_last else self.args.world_size * self.args.per_device_train_batch_size
-        packed = pack_dataset(dataset, self.args.max_length, self.args.pack_planner, slots, constant)
+        packed = pack_dataset(
+            dataset, self.args.max_length, strategy=self.args.pack_planner, multiple_of=multiple_of,
+            attention_constant=constant,
+        )  # fmt: skip
         costs = [float(sample_cost(np.asarray(lengths), constant).sum()) for lengths in packed["seq_lengths"]]
         packed = packed.add_column("cost", costs)
         num_samples = np.asarray(packed["num_samples"])

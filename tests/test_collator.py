@@ -144,6 +144,25 @@ def test_flash_attention_2_isolation_on_gpu(tokenizer, architecture):
         start += len(ids)
 
 
+def test_pack_dataset_splits_packs_to_a_multiple(tokenizer, caplog):
+    import datasets
+
+    from longalign_hf import pack_dataset
+
+    rows = [{"input_ids": [5] * n, "labels": [5] * n} for n in (30, 20, 10, 40, 60)]
+    dataset = datasets.Dataset.from_list(rows)
+    plain = pack_dataset(dataset, max_length=64)
+    assert list(plain["seq_lengths"]) == [[60], [20, 40], [30, 10]]
+    split = pack_dataset(dataset, max_length=64, multiple_of=4, attention_constant=1e12)
+    assert list(split["seq_lengths"]) == [[60], [40], [20], [30, 10]]  # the costliest splittable pack is split
+    assert split["input_ids"][2] == [5] * 20 and split._fingerprint != plain._fingerprint
+    with caplog.at_level("WARNING", logger="longalign_hf.packed_dataset"):
+        assert len(pack_dataset(dataset.select([0, 4]), max_length=64, multiple_of=3)) == 2
+    assert "no pack has two samples left to split" in caplog.text
+    with pytest.raises(ValueError, match="multiple_of"):
+        pack_dataset(dataset, max_length=64, multiple_of=0)
+
+
 def test_plain_transformers_trainer_trains_on_packs(tokenizer, tmp_path):
     # The collator alone, inside a plain `Trainer`: the model's own loss over a packed row equals the per-token mean
     # of every sample computed alone (so nothing leaks across samples), and a step runs.

@@ -73,14 +73,30 @@ def test_the_two_weightings_really_differ(tokenizer):
     assert (grads[0] - grads[1]).norm() / grads[1].norm() > 1e-2
 
 
-def _trainer(tokenizer, tmp_path, dataset, **config):
+def _trainer(tokenizer, tmp_path, dataset, eval_dataset=None, **config):
     model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=256)
     model.config._attn_implementation = config.pop("attn", "sdpa")
     args = LongAlignConfig(
         output_dir=str(tmp_path), max_length=256, max_steps=1, report_to="none", use_cpu=True, save_strategy="no",
         **config,
     )  # fmt: skip
-    return LongAlignSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    return LongAlignSFTTrainer(
+        model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer
+    )
+
+
+def test_train_packs_are_split_to_fill_every_slot_and_eval_packs_are_not(tokenizer, tmp_path):
+    dataset = build_dataset(tokenizer)  # 12 samples in 6 packs
+    trainer = _trainer(tokenizer, tmp_path, dataset, batching="pack", per_device_train_batch_size=4)
+    trained = trainer.train_dataset
+    assert len(trained) == 8 and sum(trained["num_samples"]) == len(dataset)
+    assert sorted(n for lengths in trained["seq_lengths"] for n in lengths) == sorted(dataset["length"])
+    with_eval = _trainer(tokenizer, tmp_path, dataset, batching="pack", per_device_train_batch_size=4,
+                         eval_dataset=dataset)  # fmt: skip
+    assert len(with_eval.eval_dataset) == 6
+    dropping = _trainer(tokenizer, tmp_path, dataset, batching="pack", per_device_train_batch_size=4,
+                        dataloader_drop_last=True)  # fmt: skip
+    assert len(dropping.train_dataset) == 6
 
 
 def test_a_step_without_targets_is_refused(tokenizer, tmp_path):
