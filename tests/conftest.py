@@ -1,3 +1,6 @@
+import importlib
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +12,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmark"
+
+
+@pytest.fixture
+def benchmark(monkeypatch):
+    """Import a script of `benchmark/` by module name (`benchmark("planner")`)."""
+    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
+    return importlib.import_module
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,8 @@
 """Smoke tests: the quick variants of the benchmark scripts run and print their tables (no timing asserted)."""
 
-import importlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-
-BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmark"
-
-
-@pytest.fixture
-def benchmark(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    return importlib.import_module
 
 
 def test_loss_memory_quick(benchmark, capsys):

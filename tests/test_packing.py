@@ -1,8 +1,6 @@
 """plan_packs against slow reference planners, pack_stats on a hand-counted plan, costs and the step schedule."""
 
-import importlib
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ from longalign_hf.packing import (
     sample_cost,
     split_packs,
 )
-
-BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmark"
 
 
 def reference_next_fit(lengths, max_length):
@@ -283,9 +279,8 @@ def test_split_packs_stops_when_nothing_can_be_split():
         split_packs([[0]], [5], 0)
 
 
-def test_planner_benchmark_quick(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    planner = importlib.import_module("planner")
+def test_planner_benchmark_quick(benchmark, capsys):
+    planner = benchmark("planner")
     rows = planner.main(["--quick", "--repeats", "1"])
     out = capsys.readouterr().out
     assert "$ python benchmark/planner.py --quick --repeats 1" in out

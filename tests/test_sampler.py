@@ -1,8 +1,6 @@
 """SortedBatchSampler: sorted groups, seeded order, accelerate's dealing across ranks, resume, and pack schedules."""
 
-import importlib
 import itertools
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -12,8 +10,6 @@ from torch.utils.data import BatchSampler
 
 from longalign_hf.packing import balanced_pack_order
 from longalign_hf.sampler import SortedBatchSampler
-
-BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmark"
 
 
 def lengths_of(n, seed=0):
@@ -156,9 +152,8 @@ def test_validation(kwargs, error, message):
     assert message in str(info.value)
 
 
-def test_efficiency_benchmark_quick(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    efficiency = importlib.import_module("efficiency")
+def test_efficiency_benchmark_quick(benchmark, capsys):
+    efficiency = benchmark("efficiency")
     result = efficiency.main(["--quick", "--devices", "4"])
     out = capsys.readouterr().out
     assert "$ python benchmark/efficiency.py --quick --devices 4" in out
@@ -169,9 +164,8 @@ def test_efficiency_benchmark_quick(capsys, monkeypatch):
     assert efficiencies["packing bfd, balanced schedule"] > efficiencies["packing bfd, random order"]
 
 
-def test_efficiency_benchmark_reads_a_lengths_file(capsys, monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    efficiency = importlib.import_module("efficiency")
+def test_efficiency_benchmark_reads_a_lengths_file(benchmark, capsys, tmp_path):
+    efficiency = benchmark("efficiency")
     path = tmp_path / "lengths.txt"
     path.write_text("\n".join(map(str, itertools.islice(itertools.cycle([100, 70000, 3000, 0, 20000]), 400))))
     result = efficiency.main(["--lengths", str(path), "--devices", "2"])
@@ -180,9 +174,8 @@ def test_efficiency_benchmark_reads_a_lengths_file(capsys, monkeypatch, tmp_path
     assert result["packing"]["bfd"]["num_samples"] == 320
 
 
-def test_efficiency_benchmark_reads_a_tokenized_data_set(capsys, monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCHMARK_DIR))
-    efficiency = importlib.import_module("efficiency")
+def test_efficiency_benchmark_reads_a_tokenized_data_set(benchmark, capsys, tmp_path):
+    efficiency = benchmark("efficiency")
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 9000, 300)
     rows = {"input_ids": [[7] * int(n) for n in lengths], "labels": [[-100] * int(n) for n in lengths]}
