@@ -1,4 +1,5 @@
 import pytest
+from tokenizers import models, pre_tokenizers
 
 from longalign_hf.chat import ConversationError, assistant_char_spans, tokenize_conversation
 from longalign_hf.tiny import build_byte_tokenizer
@@ -13,6 +14,13 @@ CONVERSATIONS = [
         {"role": "assistant", "content": "  ok  "},
     ],
     [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}],
+    # Starting with a reply: the BOS and the role header before it are not targets.
+    [
+        {"role": "assistant", "content": "How can I help?"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ],
+    [{"role": "system", "content": "s"}, {"role": "assistant", "content": "first"}],
 ]
 
 CHATML = (
@@ -53,6 +61,61 @@ def test_spans_reject_templates_that_rewrite_history():
     )
     with pytest.raises(ConversationError, match="prefix"):
         assistant_char_spans(rewriting, CONVERSATIONS[1])
+
+
+# Renders " " + content after "[/INST]", as Mixtral-8x7B-Instruct's template did; the marked copy is the reference.
+SPACED_REPLIES = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ ' ' }}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}{% endif %}{% endfor %}"
+)
+
+
+def test_a_token_across_the_start_of_a_reply_is_a_target():
+    tokenizer = build_byte_tokenizer()
+    # One merge, " H": the reply's first token starts with the space the template puts before the content.
+    vocab = {symbol: index for index, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["ĠH"] = len(tokenizer)
+    tokenizer.backend_tokenizer.model = models.BPE(vocab=vocab, merges=[("Ġ", "H")])
+    tokenizer.chat_template = SPACED_REPLIES
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    reference = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    tokenizer.chat_template = SPACED_REPLIES.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    sample = tokenize_conversation(messages, tokenizer)
+    assert sample["input_ids"] == reference["input_ids"]
+    assert [int(label != -100) for label in sample["labels"]] == reference["assistant_masks"]
+    assert tokenizer.decode([label for label in sample["labels"] if label != -100]) == " Hello<|end|>"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "{{ message['content'] | upper }}",  # the content is changed: where it starts cannot be found
+        "{% if message['content'] | length > 30 %}[long] {% endif %}{{ message['content'] }}",  # the header depends on it
+    ],
+)
+def test_spans_refuse_templates_where_the_reply_cannot_be_located(reply):
+    tokenizer = build_byte_tokenizer()
+    tokenizer.chat_template = (
+        "{% for message in messages %}{{ message['role'] + ': ' }}"
+        "{% if message['role'] == 'assistant' %}" + reply + "{% else %}{{ message['content'] }}{% endif %}"
+        "{{ '<|end|>' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "an answer of over thirty characters"},
+    ]
+    with pytest.raises(ConversationError, match="cannot tell where the content of assistant turn 1 starts"):
+        tokenize_conversation(messages, tokenizer)
+
+
+def test_template_errors_are_conversation_errors():
+    tokenizer = build_byte_tokenizer()
+    tokenizer.chat_template = "{{ raise_exception('System role not supported') }}"
+    with pytest.raises(ConversationError, match="the chat template refuses this conversation: System role not"):
+        tokenize_conversation([{"role": "assistant", "content": "x"}], tokenizer)
 
 
 def test_truncation_policy(tokenizer):
