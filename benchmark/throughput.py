@@ -19,14 +19,13 @@ import importlib.util
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 
 import numpy as np
 from _lengths import print_header, print_table
 
-from longalign_hf.distributed import exit_if_gloo
+from longalign_hf.distributed import run_then_exit, run_with_deadline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {
@@ -45,7 +44,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _worker(out_path: str, recipe_args: list[str]) -> None:
+def _worker(out_path: str, recipe_args: list[str]):
     import torch
 
     torch.set_num_threads(1)
@@ -60,7 +59,7 @@ def _worker(out_path: str, recipe_args: list[str]) -> None:
     if trainer.accelerator.is_main_process:
         with open(out_path, "w") as handle:
             json.dump({"samples": samples, "tokens": int(sum(dataset["length"])), "runtime": runtime}, handle)
-    exit_if_gloo()
+    return trainer
 
 
 def _train_once(mode: str, num_processes: int, data_args: list[str], env: dict[str, str]) -> dict:
@@ -73,7 +72,7 @@ def _train_once(mode: str, num_processes: int, data_args: list[str], env: dict[s
                         str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
                         "--main_process_port", str(_free_port())]  # fmt: skip
         command = [*launcher, __file__, "--worker", out_path, "--", *recipe_args]
-        completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)
+        completed = run_with_deadline(command, timeout=3600, env=env)
         if completed.returncode != 0:
             raise RuntimeError(f"{mode} on {num_processes} process(es) failed:\n{completed.stderr[-3000:]}")
         with open(out_path) as handle:
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--worker", nargs=1, metavar="OUT", help=argparse.SUPPRESS)
     args, recipe_args = parser.parse_known_args(argv)
     if args.worker:
-        _worker(args.worker[0], [a for a in recipe_args if a != "--"])
+        run_then_exit(_worker, args.worker[0], [a for a in recipe_args if a != "--"])
         return []
     print_header("benchmark/throughput.py", sys.argv[1:] if argv is None else argv)
     data_args = ["--save_strategy", "no", "--logging_steps", "100000", "--num_train_epochs", "1",
