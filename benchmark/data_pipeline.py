@@ -89,6 +89,7 @@ def time_collation_vs_step(repeats: int = 5) -> list[dict]:
             for _ in range(repeats):
                 inputs = dict(batch)
                 sample_ids, num_targets = inputs.pop("loss_sample_ids"), inputs.pop("loss_num_targets")
+                inputs.pop("loss_sample_features")
                 start = time.perf_counter()
                 outputs = model(**inputs, fused_lm_head=True)
                 loss = weighted_nll_sum(outputs.log_probs, outputs.label_mask, sample_ids, num_targets, "sequence")

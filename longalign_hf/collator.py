@@ -12,7 +12,8 @@ from .chat import IGNORE_INDEX
 # Keys the collator adds for the loss-weighting trainer; `LongAlignSFTTrainer` pops them before the forward pass.
 LOSS_SAMPLE_IDS = "loss_sample_ids"
 LOSS_NUM_TARGETS = "loss_num_targets"
-BOOKKEEPING_KEYS = (LOSS_SAMPLE_IDS, LOSS_NUM_TARGETS)
+LOSS_SAMPLE_FEATURES = "loss_sample_features"
+BOOKKEEPING_KEYS = (LOSS_SAMPLE_IDS, LOSS_NUM_TARGETS, LOSS_SAMPLE_FEATURES)
 
 
 def _labels_of(feature: dict[str, Any]) -> list[int]:
@@ -25,10 +26,11 @@ def _labels_of(feature: dict[str, Any]) -> list[int]:
     raise KeyError("each sample needs `labels`, `assistant_masks` or `completion_mask` next to `input_ids`")
 
 
-def _split_samples(features: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
-    """Every sample of the batch as (input_ids, labels); a feature with `seq_lengths` is a pack of several."""
-    samples = []
-    for feature in features:
+def _split_samples(features: list[dict[str, Any]]) -> tuple[list[tuple[list[int], list[int]]], list[int]]:
+    """Every sample of the batch as (input_ids, labels), and the feature each came from; a feature with `seq_lengths`
+    is a pack of several."""
+    samples, sample_features = [], []
+    for feature_index, feature in enumerate(features):
         ids, labels = list(feature["input_ids"]), _labels_of(feature)
         if len(ids) != len(labels):
             raise ValueError(f"`input_ids` has {len(ids)} tokens but the labels have {len(labels)}")
@@ -42,10 +44,11 @@ def _split_samples(features: list[dict[str, Any]]) -> list[tuple[list[int], list
             sample_labels = labels[start : start + length]
             sample_labels[0] = IGNORE_INDEX
             samples.append((ids[start : start + length], sample_labels))
+            sample_features.append(feature_index)
             start += length
     if not samples:
         raise ValueError("the collator got no sample")
-    return samples
+    return samples, sample_features
 
 
 @dataclass
@@ -67,6 +70,7 @@ class LongAlignDataCollator:
     loss_sample_ids   0     0     0     1     1     2     2     2
     cu_seq_lens_q/k  [0, 3, 5, 8]        max_length_q/k  3
     loss_num_targets [1, 1, 2]
+    loss_sample_features [0, 0, 1]    (when a and b came packed in feature 0, c alone in feature 1)
     ```
 
     Keys returned:
@@ -79,8 +83,10 @@ class LongAlignDataCollator:
     - `use_cache=False`: a cache makes the model ignore packed position ids and mix samples.
     - loss bookkeeping (with `return_loss_bookkeeping=True`): `loss_sample_ids` (`[rows, tokens]`, the sample each
       token belongs to, numbered from 0 within the batch, -1 on padding) and `loss_num_targets` (`[samples]`, each
-      sample's number of target tokens, which can be 0). `LongAlignSFTTrainer` pops both before the forward pass;
-      set `return_loss_bookkeeping=False` when collating for a plain `Trainer`.
+      sample's number of target tokens, which can be 0) and `loss_sample_features` (`[samples]`, the index of the
+      feature, i.e. data set row, each sample came from: evaluation reduces per row so that rows repeated to even out
+      the processes' batches are dropped). `LongAlignSFTTrainer` pops them before the forward pass; set
+      `return_loss_bookkeeping=False` when collating for a plain `Trainer`.
 
     Example:
         >>> collator = LongAlignDataCollator(pad_token_id=0)
@@ -99,11 +105,12 @@ class LongAlignDataCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not self.padding_free and any(len(feature.get("seq_lengths") or [0]) > 1 for feature in features):
             raise ValueError("packs (features with several `seq_lengths`) need `padding_free=True`")
-        samples = _split_samples(features)
+        samples, sample_features = _split_samples(features)
         batch = self._packed(samples) if self.padding_free else self._padded(samples)
         num_targets = [sum(label != IGNORE_INDEX for label in labels) for _, labels in samples]
         if self.return_loss_bookkeeping:
             batch[LOSS_NUM_TARGETS] = torch.tensor(num_targets, dtype=torch.long)
+            batch[LOSS_SAMPLE_FEATURES] = torch.tensor(sample_features, dtype=torch.long)
         else:
             batch.pop(LOSS_SAMPLE_IDS)
         batch["use_cache"] = False

@@ -150,3 +150,52 @@ class LongAlignConfig(SFTConfig):
             )
         if self.attention_cost_constant is not None and self.attention_cost_constant <= 0:
             raise ValueError(f"`attention_cost_constant` must be positive, got {self.attention_cost_constant}")
+        self._refuse_ignored_options()
+
+    def _refuse_ignored_options(self) -> None:
+        """Inherited options that LongAlign's data path or loss would otherwise ignore: each is refused with the why."""
+        weighted = "LongAlign's loss is the per-sample weighted NLL (`loss_weighting`)"
+        refusals = {
+            "loss_type": (self.loss_type != "nll", f"{weighted}; `loss_type={self.loss_type!r}` is not supported"),
+            "label_smoothing_factor": (
+                self.label_smoothing_factor > 0,
+                f"{weighted}; label smoothing needs the full logits, which the fused LM head never builds",
+            ),
+            "average_tokens_across_devices": (
+                not self.average_tokens_across_devices,
+                "the LongAlign loss always counts samples and tokens over every device (that is what makes it exact); "
+                "a per-device mean is not offered",
+            ),
+            "truncation_mode": (
+                self.truncation_mode != "keep_start",
+                "long samples are cut from the right as the paper does (`overflow='truncate'`) or dropped "
+                "(`overflow='drop'`); `truncation_mode='keep_end'` is not supported",
+            ),
+            "packing_strategy": (
+                self.packing_strategy != "bfd",
+                "TRL's packing is replaced by `batching='pack'`; choose the planner with `pack_planner` (bfd, next_fit)",
+            ),
+            "completion_only_loss": (
+                self.completion_only_loss is False,
+                "`messages` data always trains on the assistant tokens only; to choose other targets, pass tokenized "
+                "`input_ids` with `labels` (-100 where no loss)",
+            ),
+            "dataset_kwargs": (
+                bool(set(self.dataset_kwargs or {}) - {"skip_prepare_dataset"}),
+                "TRL's data preparation is replaced by LongAlign's (chat template, `overflow`, `bad_rows`), so "
+                f"{sorted(set(self.dataset_kwargs or {}) - {'skip_prepare_dataset'})} would have no effect",
+            ),
+            "train_sampling_strategy": (
+                self.train_sampling_strategy != "random" and self.batching != "naive",
+                f"`batching={self.batching!r}` orders the samples itself; other sampling strategies apply to "
+                "`batching='naive'` only",
+            ),
+        }
+        for name, (refused, why) in refusals.items():
+            if refused:
+                raise ValueError(f"`{name}={getattr(self, name)!r}` is not supported by LongAlignConfig: {why}.")
+        if self.shuffle_dataset:
+            logger.warning(
+                "`shuffle_dataset=True` has no effect: LongAlign's batching already draws batches in random order "
+                "(naive), shuffles the groups of sorted batches (sort) or the steps of packs (pack)."
+            )

@@ -32,3 +32,49 @@ def weighted_nll_sum(
     target_samples = sample_ids[:, 1:].clamp(min=0)
     weights = (1.0 / num_targets.clamp(min=1).to(token_loss.dtype))[target_samples]
     return (token_loss * weights).sum()
+
+
+# Columns of `row_loss_terms`: what evaluation sums over data set rows before it divides.
+ROW_TERMS = ("sequence_sum", "samples", "token_sum", "tokens", "entropy_sum", "correct")
+
+
+def row_loss_terms(
+    token_loss: torch.Tensor,
+    entropy: torch.Tensor,
+    is_top1: torch.Tensor,
+    label_mask: torch.Tensor,
+    sample_ids: torch.Tensor,
+    num_targets: torch.Tensor,
+    sample_features: torch.Tensor,
+    num_features: int,
+) -> torch.Tensor:
+    """Per data set row (feature) of a micro-batch, the sums that evaluation reduces: `[num_features, 6]` float64.
+
+    Columns (`ROW_TERMS`): `sum_i L_i / N_i` and the sample count M over the row's samples with targets, `sum_i L_i`
+    and `sum_i N_i`, the entropy summed over target tokens and the number of correct top-1 predictions. Summed over
+    the unique rows of an evaluation set they give its exact loss under either weighting (and its token metrics), which
+    averaging per-batch means does not.
+    """
+    target_samples = sample_ids[:, 1:]
+    valid = (target_samples >= 0) & label_mask.bool()
+    index = target_samples[valid]
+
+    def per_sample(values: torch.Tensor) -> torch.Tensor:
+        totals = torch.zeros(len(num_targets), dtype=torch.float64, device=values.device)
+        return totals.index_add_(0, index, values[valid].detach().double())
+
+    sample_loss = per_sample(token_loss)
+    has_targets = num_targets > 0
+    per_sample_terms = torch.stack(
+        [
+            torch.where(has_targets, sample_loss / num_targets.clamp(min=1), 0.0),
+            has_targets.double(),
+            sample_loss,
+            num_targets.double(),
+            per_sample(entropy),
+            per_sample(is_top1.double()),
+        ],
+        dim=1,
+    )
+    rows = torch.zeros(num_features, len(ROW_TERMS), dtype=torch.float64, device=per_sample_terms.device)
+    return rows.index_add_(0, sample_features.to(rows.device), per_sample_terms)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import time
 
 import datasets
@@ -11,9 +13,15 @@ import torch
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
-from .collator import BOOKKEEPING_KEYS, LOSS_NUM_TARGETS, LOSS_SAMPLE_IDS, LongAlignDataCollator
+from .collator import (
+    BOOKKEEPING_KEYS,
+    LOSS_NUM_TARGETS,
+    LOSS_SAMPLE_FEATURES,
+    LOSS_SAMPLE_IDS,
+    LongAlignDataCollator,
+)
 from .config import LongAlignConfig
-from .loss import weighted_nll_sum
+from .loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
 from .packed_attention import PACKED_SDPA
 from .packed_dataset import pack_dataset
 from .packing import balanced_pack_order, sample_cost, step_efficiency
@@ -68,56 +76,96 @@ class LongAlignSFTTrainer(SFTTrainer):
                 "LongAlignSFTTrainer builds its own LongAlignDataCollator (loss weighting needs its per-sample "
                 "bookkeeping); do not pass `data_collator`."
             )
-        self._check_parallelism(args)
+        _refuse_unsupported_arguments(kwargs)
+        self._check_parallelism(getattr(args, "parallelism_config", None))
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(name)
+        model = self._apply_template_settings(model, processing_class, args)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
+        # The caller's config stays as given: TRL must skip its own data preparation, but only in our copy.
+        args = copy.copy(args)
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        args.assistant_only_loss = False  # TRL's switch for its own preparation; ours always trains assistant tokens
         collator = LongAlignDataCollator(
-            pad_token_id=processing_class.pad_token_id,
+            pad_token_id=processing_class.convert_tokens_to_ids(args.pad_token or processing_class.pad_token),
             padding_free=args.batching == "pack",
             pad_to_multiple_of=args.pad_to_multiple_of,
         )
-        train_dataset = self._tokenize(train_dataset, processing_class, args, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                key: self._tokenize(value, processing_class, args, key) for key, value in eval_dataset.items()
-            }
-        else:
-            eval_dataset = self._tokenize(eval_dataset, processing_class, args, "eval")
+        with args.main_process_first(desc="LongAlign data preparation"):
+            # The main process tokenizes first and writes the `datasets` cache; the others then read it.
+            train_dataset = self._tokenize(train_dataset, processing_class, args, "train")
+            eval_dataset = self._tokenize_eval(eval_dataset, processing_class, args)
         super().__init__(
             model, args=args, data_collator=collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, **kwargs,
         )  # fmt: skip
+        # A parallelism config from the accelerate launcher (YAML or environment) never reaches `args`.
+        self._check_parallelism(self.accelerator.parallelism_config)
         self._check_attention_isolation()
         if self.model.get_output_embeddings() is None:
             raise ValueError(
                 f"{type(self.model).__name__} has no LM head, so the loss has no token log-probabilities to weight. "
                 "Load the model with `AutoModelForCausalLM` (not `AutoModel`)."
             )
-        if args.batching == "pack":
-            # Train packs divide evenly over the devices: accelerate would otherwise repeat packs in the last round
-            # (evaluation drops repeated samples itself).
-            slots = 1 if args.dataloader_drop_last else args.world_size * args.per_device_train_batch_size
-            self.train_dataset = self._pack(self.train_dataset, multiple_of=slots)
-            if isinstance(self.eval_dataset, dict):
-                self.eval_dataset = {key: self._pack(value) for key, value in self.eval_dataset.items()}
-            elif self.eval_dataset is not None:
-                self.eval_dataset = self._pack(self.eval_dataset)
+        with args.main_process_first(desc="LongAlign packing"):
+            if args.batching == "pack":
+                # Train packs divide evenly over the devices: accelerate would otherwise repeat packs in the last
+                # round (evaluation drops repeated rows itself).
+                slots = 1 if args.dataloader_drop_last else args.world_size * args.per_device_train_batch_size
+                self.train_dataset = self._pack(self.train_dataset, multiple_of=slots)
+            self.eval_dataset = self._pack_eval(self.eval_dataset)
         self._step_totals: tuple[torch.Tensor, torch.Tensor] | None = None
         self._throughput_mark: tuple[float, int] | None = None
+        self._eval_totals: torch.Tensor | None = None
 
     # ---- data -------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _check_parallelism(args: LongAlignConfig) -> None:
-        config = getattr(args, "parallelism_config", None)
-        if config is not None and (config.tp_size > 1 or config.cp_size > 1 or getattr(config, "sp_size", 1) > 1):
+    def _check_parallelism(config) -> None:
+        if config is None:
+            return
+        if config.cp_size > 1:
             raise ValueError(
-                "LongAlign loss weighting is exact for data parallelism (DDP, DeepSpeed ZeRO, FSDP) only; tensor, "
-                "context and sequence parallelism split samples across ranks. Turn them off in the parallelism config."
+                "context parallelism (`cp_size > 1`) cannot keep packed samples apart (ring attention drops the "
+                "per-sample mask, so samples would attend to each other) and splits samples across ranks, so LongAlign "
+                "weighting would not be exact. Set `cp_size: 1` in the accelerate config / `parallelism_config`."
             )
+        if config.tp_size > 1 or getattr(config, "sp_size", 1) > 1:
+            raise ValueError(
+                "LongAlign loss weighting is exact for data parallelism (DDP, DeepSpeed ZeRO, FSDP) only; tensor and "
+                "sequence parallelism split samples across ranks. Set `tp_size: 1` and `sp_size: 1` in the accelerate "
+                "config / `parallelism_config`."
+            )
+
+    @staticmethod
+    def _apply_template_settings(model, tokenizer, args: LongAlignConfig):
+        """Apply `chat_template_path` and `eos_token` before tokenizing (TRL applies them after its own data
+        preparation, which we skip, so the conversations would be rendered with the old template)."""
+        if args.eos_token is not None:
+            if args.eos_token not in tokenizer.get_vocab():
+                raise ValueError(
+                    f"`eos_token` {args.eos_token!r} is not in the tokenizer's vocabulary; give a token it has"
+                )
+            tokenizer.eos_token = args.eos_token
+        path = args.chat_template_path
+        if path is None:
+            return model
+        if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+            with open(path, encoding="utf-8") as handle:
+                tokenizer.chat_template = handle.read()
+            return model
+        if isinstance(model, str):
+            raise ValueError(
+                f"`chat_template_path={path!r}` clones another tokenizer's template, which resizes the model's "
+                "embeddings: pass the model loaded (`AutoModelForCausalLM.from_pretrained`) instead of its name, or "
+                "give the template as a .jinja file."
+            )
+        from trl import clone_chat_template
+
+        # TRL applies it again in `SFTTrainer.__init__`; the second time adds no token and changes nothing.
+        model, _, _ = clone_chat_template(model, tokenizer, path)
+        return model
 
     @staticmethod
     def _tokenize(dataset, tokenizer, args: LongAlignConfig, split: str):
@@ -147,6 +195,22 @@ class LongAlignSFTTrainer(SFTTrainer):
             num_proc=args.dataset_num_proc, source=f"{split} data set",
         )  # fmt: skip
         return tokenized
+
+    @classmethod
+    def _tokenize_eval(cls, eval_dataset, tokenizer, args: LongAlignConfig):
+        if isinstance(eval_dataset, dict):
+            return {key: cls._tokenize(value, tokenizer, args, key) for key, value in eval_dataset.items()}
+        return cls._tokenize(eval_dataset, tokenizer, args, "eval")
+
+    def _packs_eval(self) -> bool:
+        return self.args.batching == "pack" if self.args.eval_packing is None else bool(self.args.eval_packing)
+
+    def _pack_eval(self, eval_dataset):
+        if isinstance(eval_dataset, dict):
+            return {key: self._pack_eval(value) for key, value in eval_dataset.items()}
+        if eval_dataset is None or not self._packs_eval() or "seq_lengths" in eval_dataset.column_names:
+            return eval_dataset
+        return self._pack(eval_dataset)
 
     def _attention_cost_constant(self) -> float:
         if self.args.attention_cost_constant is not None:
@@ -249,7 +313,10 @@ class LongAlignSFTTrainer(SFTTrainer):
                 "bookkeeping (`return_loss_bookkeeping=True`)."
             )
         sample_ids, num_targets = inputs.pop(LOSS_SAMPLE_IDS), inputs.pop(LOSS_NUM_TARGETS)
+        sample_features = inputs.pop(LOSS_SAMPLE_FEATURES)
         inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
         outputs = model(**inputs, fused_lm_head=True)
         loss_sum = weighted_nll_sum(
             outputs.log_probs, outputs.label_mask, sample_ids, num_targets, self.args.loss_weighting
@@ -262,18 +329,92 @@ class LongAlignSFTTrainer(SFTTrainer):
             num_samples, num_tokens, scale = (num_targets > 0).sum(), num_targets.sum(), 1
         denominator = num_samples if self.args.loss_weighting == "sequence" else num_tokens
         loss = loss_sum * scale / denominator.clamp(min=1).to(loss_sum.dtype)
-        self._log_token_metrics(outputs, inputs)
+        if self.aux_loss_enabled:
+            self._metrics["train" if self.model.training else "eval"]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
+            )
+            if self.model.training:
+                # As TRL weighs it: the router loss is a per-micro-batch mean that DDP averages over processes, so
+                # the step applies its mean over processes and accumulation steps.
+                loss = loss + self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
+        if self.model.training:
+            self._log_token_metrics(outputs, inputs)
+        else:
+            self._add_eval_terms(outputs, sample_ids, num_targets, sample_features)
         return (loss, outputs) if return_outputs else loss
 
+    def _add_eval_terms(self, outputs, sample_ids, num_targets, sample_features) -> None:
+        terms = row_loss_terms(
+            -outputs.log_probs * outputs.label_mask, outputs.entropy, outputs.is_top1, outputs.label_mask, sample_ids,
+            num_targets, sample_features, int(sample_features.max()) + 1,
+        )  # fmt: skip
+        # One entry per data set row: on the last batch, `gather_for_metrics` drops the rows that were repeated to
+        # give every process a full batch.
+        terms = self.accelerator.gather_for_metrics(terms).sum(0)
+        self._eval_totals = terms if self._eval_totals is None else self._eval_totals + terms
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The fused LM head never builds logits, so evaluation returns the loss alone.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):  # fmt: skip
+        """Trainer's loop, with the loss and token metrics replaced by their exact values over the evaluation set:
+        `(1/M) sum_i L_i/N_i` or `sum_i L_i / sum_i N_i` over every sample once, not a mean of per-batch means."""
+        self._eval_totals = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_totals is not None:
+            totals = dict(zip(ROW_TERMS, self._eval_totals.tolist()))
+            if self.args.loss_weighting == "sequence":
+                loss = totals["sequence_sum"] / max(totals["samples"], 1.0)
+            else:
+                loss = totals["token_sum"] / max(totals["tokens"], 1.0)
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
+            tokens = max(totals["tokens"], 1.0)
+            self._metrics["eval"]["entropy"] = [totals["entropy_sum"] / tokens]
+            self._metrics["eval"]["mean_token_accuracy"] = [totals["correct"] / tokens]
+        return output
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        # A data set passed here is prepared like the ones given at construction (TRL's preparation is skipped).
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._pack_eval(self._tokenize_eval(eval_dataset, self.processing_class, self.args))
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, *args, **kwargs):
+        raise NotImplementedError(
+            "LongAlignSFTTrainer computes the loss from chunked log-probabilities and never builds the logits that "
+            "`predict` returns. Use `evaluate()` for the exact loss, `model.generate` for outputs, or `longalign eval`."
+        )
+
     def _log_token_metrics(self, outputs, inputs) -> None:
-        mode = "train" if self.model.training else "eval"
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(outputs.label_mask.sum()).sum()
         if num_valid > 0:
-            self._metrics[mode]["entropy"].append((gather(outputs.entropy.detach().sum()).sum() / num_valid).item())
-            self._metrics[mode]["mean_token_accuracy"].append((gather(outputs.is_top1.sum()).sum() / num_valid).item())
-        if mode == "train":
-            mask = inputs.get("attention_mask")
-            local_tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
-            self._total_train_tokens += gather(local_tokens.to(num_valid.device)).sum().item()
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            self._metrics["train"]["entropy"].append((gather(outputs.entropy.detach().sum()).sum() / num_valid).item())
+            self._metrics["train"]["mean_token_accuracy"].append(
+                (gather(outputs.is_top1.sum()).sum() / num_valid).item()
+            )
+        mask = inputs.get("attention_mask")
+        local_tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
+        self._total_train_tokens += gather(local_tokens.to(num_valid.device)).sum().item()
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+
+
+def _refuse_unsupported_arguments(kwargs: dict) -> None:
+    """Refuse `SFTTrainer` arguments whose effect LongAlign's loss would silently drop."""
+    if kwargs.get("compute_loss_func") is not None:
+        raise ValueError(
+            "`compute_loss_func` is not supported: LongAlignSFTTrainer's loss is the LongAlign-weighted NLL "
+            "(`loss_weighting`). Subclass LongAlignSFTTrainer and override `compute_loss` for another objective."
+        )
+    for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"`{name}` is not supported: the loss comes from chunked log-probabilities, so no logits are built "
+                "to pass to it. Evaluation reports the exact `eval_loss`, `eval_entropy` and "
+                "`eval_mean_token_accuracy`; for generation metrics use `longalign eval` on the saved model."
+            )

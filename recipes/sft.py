@@ -20,7 +20,7 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, g
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.attention import choose_attention
-from longalign_hf.distributed import exit_if_gloo
+from longalign_hf.distributed import end_training, run_then_exit
 from longalign_hf.sft_data import load_chat_dataset, mix_datasets
 from longalign_hf.synthetic import long_tailed_chat_data
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
@@ -112,8 +112,9 @@ def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignCo
     return tokenizer, model
 
 
-def load_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool):
-    """The training data: a mixture, one data set (Hub id, file or folder), or the embedded default's."""
+def load_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool, seed: int):
+    """The training data: a mixture (shuffled with `seed`), one data set (Hub id, file or folder), or the embedded
+    default's."""
     if mixture.datasets and script_args.dataset_name:
         raise ValueError(
             "both a `datasets:` mixture and --dataset_name are set; use one (copy the recipe YAML without its "
@@ -130,7 +131,7 @@ def load_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConf
             part if d.columns is None else part.select_columns(d.columns) for part, d in zip(parts, mixture.datasets)
         ]
         fractions = [d.fraction for d in mixture.datasets]
-        return mix_datasets(parts, None if all(f is None for f in fractions) else fractions)
+        return mix_datasets(parts, None if all(f is None for f in fractions) else fractions, seed=seed)
     if script_args.dataset_name:
         return load_chat_dataset(
             script_args.dataset_name, name=script_args.dataset_config, split=script_args.dataset_train_split
@@ -153,7 +154,9 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
     embedded = model_args.model_name_or_path is None
 
     tokenizer, model = load_tokenizer_and_model(model_args, training_args)
-    train_dataset = load_data(script_args, mixture, embedded)
+    with training_args.main_process_first(desc="loading the data"):
+        # The main process downloads and converts first; the others then read the `datasets` cache.
+        train_dataset = load_data(script_args, mixture, embedded, training_args.seed)
     trainer = LongAlignSFTTrainer(
         model=model,
         args=training_args,
@@ -175,10 +178,10 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
             "That was the embedded tiny default. To train a real model: accelerate launch --config_file "
             "recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/configs/<model>.yaml"
         )
-    trainer.end()
+    end_training(trainer)
     return trainer
 
 
 if __name__ == "__main__":
-    main(*parse_args())
-    exit_if_gloo()
+    # A gloo worker ends inside run_then_exit, with the trainer still referenced: no process-group teardown.
+    run_then_exit(lambda: main(*parse_args()))

@@ -29,6 +29,9 @@ def test_a_pack_row_equals_its_samples_collated_one_by_one():
     from_pack, from_samples = collator([pack, B]), collator([A, C, B])
     for key in ("input_ids", "labels", "position_ids", "loss_sample_ids", "loss_num_targets", "cu_seq_lens_q"):
         assert from_pack[key].tolist() == from_samples[key].tolist()
+    # Which data set row each sample came from: A and C from the pack (row 0), B from row 1.
+    assert from_pack["loss_sample_features"].tolist() == [0, 0, 1]
+    assert from_samples["loss_sample_features"].tolist() == [0, 1, 2]
 
 
 def test_padded_batch_uses_the_same_label_conventions():
@@ -54,7 +57,7 @@ def test_masks_instead_of_labels_and_padding_to_a_multiple():
 
 def test_plain_trainer_mode_has_no_bookkeeping():
     batch = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)([A, B])
-    assert "loss_sample_ids" not in batch and "loss_num_targets" not in batch
+    assert not {"loss_sample_ids", "loss_num_targets", "loss_sample_features"} & set(batch)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import os
 import datasets
 import pytest
 import torch
-from grad_check import build_dataset, reference_loss, run_case
+from grad_check import build_dataset, reference_loss, run_case, run_eval_case
 from launch import accelerate_launch
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
@@ -15,15 +15,18 @@ from longalign_hf.tiny import build_tiny_model
 TOLERANCE = 1e-5
 
 
-def _assert_exact(result):
-    reference = result["reference_grads"]
-    assert set(result["grads"]) == set(reference)
-    for name, expected in reference.items():
-        difference = (result["grads"][name] - expected).norm() / expected.norm().clamp(min=1e-12)
-        assert difference <= TOLERANCE, f"{name}: relative difference {difference:.2e}"
-    assert result["loss"] == pytest.approx(result["reference_loss"], rel=TOLERANCE)
+def _assert_exact(result, num_steps=1):
+    assert len(result["steps"]) == num_steps
+    for step in result["steps"]:
+        reference = step["reference_grads"]
+        assert set(step["grads"]) == set(reference)
+        for name, expected in reference.items():
+            difference = (step["grads"][name] - expected).norm() / expected.norm().clamp(min=1e-12)
+            assert difference <= TOLERANCE, f"{name}: relative difference {difference:.2e}"
+        assert step["loss"] == pytest.approx(step["reference_loss"], rel=TOLERANCE)
 
 
+# One optimizer step over the whole data set.
 CASES = [
     {"batching": batching, "loss_weighting": weighting, "accumulation": accumulation}
     for batching in ("naive", "sort", "pack")
@@ -39,25 +42,88 @@ CASES = [
     {"batching": "pack", "loss_weighting": "sequence", "accumulation": 1, "slots": 8},
 ]
 
+# Several optimizer steps per epoch (`micro_rows` samples or packs per micro-step over all processes), so M and N
+# differ from step to step, and the last step is shorter where the rows do not divide: a trainer that normalized by
+# the data set's M or N, or by a full step's, would fail these.
+MULTI_STEP_CASES = [
+    ({"batching": "naive", "loss_weighting": "sequence", "accumulation": 2, "micro_rows": 2}, 3),
+    ({"batching": "naive", "loss_weighting": "token", "accumulation": 4, "micro_rows": 2}, 2),
+    ({"batching": "sort", "loss_weighting": "sequence", "accumulation": 3, "micro_rows": 2}, 2),
+    ({"batching": "pack", "loss_weighting": "sequence", "accumulation": 2, "micro_rows": 2}, 2),
+    ({"batching": "pack", "loss_weighting": "token", "accumulation": 2, "micro_rows": 2}, 2),
+    ({"batching": "pack", "loss_weighting": "sequence", "accumulation": 1, "micro_rows": 2}, 3),
+    # A Mixture-of-Experts model: the router's load-balancing loss is added as TRL weighs it.
+    ({"batching": "pack", "loss_weighting": "sequence", "accumulation": 2, "micro_rows": 2, "moe": True}, 2),
+    ({"batching": "naive", "loss_weighting": "token", "accumulation": 2, "micro_rows": 2, "moe": True}, 3),
+]
+
+
+# Evaluation over the 12 samples (6 packs): with 8 rows per process, rows are repeated to fill the batches, and a pack
+# is merged into one row per micro-batch; the loss must still count every sample once.
+EVAL_CASES = [
+    {"batching": batching, "loss_weighting": weighting, "eval_batch": eval_batch}
+    for batching, weighting, eval_batch in [
+        ("pack", "sequence", 8), ("pack", "token", 8), ("naive", "sequence", 8), ("naive", "token", 5),
+        ("pack", "sequence", 1),
+    ]
+]  # fmt: skip
+
+
+def _assert_exact_eval(result):
+    metrics, reference = result["metrics"], result["reference"]
+    assert metrics["eval_loss"] == pytest.approx(reference["loss"], rel=TOLERANCE)
+    assert metrics["eval_entropy"] == pytest.approx(reference["entropy"], rel=TOLERANCE)
+    assert metrics["eval_mean_token_accuracy"] == pytest.approx(reference["accuracy"], rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("case", EVAL_CASES, ids=lambda case: "-".join(f"{v}" for v in case.values()))
+def test_eval_loss_counts_every_sample_once(case, tmp_path):
+    _assert_exact_eval(run_eval_case(case, str(tmp_path)))
+
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: "-".join(f"{v}" for v in case.values()))
 def test_one_process(case, tmp_path):
     _assert_exact(run_case(case, str(tmp_path)))
 
 
+def _assert_steps_differ(result, case):
+    counts = [
+        step["num_samples" if case["loss_weighting"] == "sequence" else "num_tokens"] for step in result["steps"]
+    ]
+    assert len(set(counts)) > 1, f"every step has the same count {counts}: the case cannot tell per-step from per-set"
+
+
+@pytest.mark.parametrize(
+    ("case", "num_steps"),
+    MULTI_STEP_CASES,
+    ids=lambda value: "-".join(f"{v}" for v in value.values()) if isinstance(value, dict) else f"{value}steps",
+)
+def test_one_process_several_steps(case, num_steps, tmp_path):
+    result = run_case(case, str(tmp_path))
+    _assert_steps_differ(result, case)
+    _assert_exact(result, num_steps)
+
+
 @pytest.mark.multiprocess
 def test_two_processes(tmp_path):
     # One launch runs every case, to pay the process start-up once.
+    cases = CASES + [case for case, _ in MULTI_STEP_CASES] + EVAL_CASES
     cases_path, output_path = tmp_path / "cases.json", tmp_path / "results.pt"
-    cases_path.write_text(json.dumps(CASES))
+    cases_path.write_text(json.dumps(cases))
     script = os.path.join(os.path.dirname(__file__), "grad_check.py")
-    completed = accelerate_launch(script, [str(cases_path), str(output_path), str(tmp_path / "out")])
+    completed = accelerate_launch(script, [str(cases_path), str(output_path), str(tmp_path / "out")], timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = torch.load(output_path)
-    assert len(results) == len(CASES)
-    for case, result in zip(CASES, results):
+    assert len(results) == len(cases)
+    steps = [1] * len(CASES) + [num_steps for _, num_steps in MULTI_STEP_CASES]
+    for case, result in zip(EVAL_CASES, results[len(steps) :]):
         assert result["world_size"] == 2, case
-        _assert_exact(result)
+        _assert_exact_eval(result)
+    for case, num_steps, result in zip(cases, steps, results):
+        assert result["world_size"] == 2, case
+        if "micro_rows" in case:
+            _assert_steps_differ(result, case)
+        _assert_exact(result, num_steps)
 
 
 def test_the_two_weightings_really_differ(tokenizer):

@@ -136,4 +136,28 @@ def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):
     config = os.path.join(ROOT, "recipes", "configs", "qwen2.5-7b-32k.yaml")
     script_args, _, _, mixture = recipe.parse_args(["--config", config, "--use_cpu", "true", "--dataset_name", "x"])
     with pytest.raises(ValueError, match="use one"):
-        recipe.load_data(script_args, mixture, embedded=False)
+        recipe.load_data(script_args, mixture, embedded=False, seed=0)
+
+
+def test_a_mixture_is_shuffled_with_the_run_seed(recipe, tmp_path):
+    files = []
+    for name in ("long", "short"):
+        path = tmp_path / f"{name}.jsonl"
+        rows = [
+            {"messages": [{"role": "user", "content": f"{name} {i}"}, {"role": "assistant", "content": "a"}]}
+            for i in range(40)
+        ]
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        files.append(str(path))
+    config = tmp_path / "mix.yaml"
+    config.write_text("datasets:\n" + "".join(f"  - path: {path}\n" for path in files))
+
+    def order(seed):
+        script_args, _, _, mixture = recipe.parse_args(["--config", str(config), "--seed", str(seed)])
+        return [row["messages"][0]["content"] for row in recipe.load_data(script_args, mixture, False, seed)]
+
+    from longalign_hf.sft_data import load_chat_dataset, mix_datasets
+
+    expected = mix_datasets([load_chat_dataset(path) for path in files], seed=7)
+    assert order(7) == [row["messages"][0]["content"] for row in expected]
+    assert order(7) != order(8) and sorted(order(7)) == sorted(order(8))
