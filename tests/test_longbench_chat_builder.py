@@ -8,8 +8,10 @@ import datasets
 import pytest
 
 from longalign_hf import cli
-from longalign_hf.data import LongBenchChatBuilder, build_subparsers
-from longalign_hf.data.longbench_chat import FEATURES, git_blob_sha1
+from longalign_hf.data import build_subparsers, longbench_chat_builder
+from longalign_hf.data.longbench_chat import git_blob_sha1, write_hub_folder
+from longalign_hf.data.longbench_chat_builder import FEATURES, LongBenchChatBuilder
+from longalign_hf.errors import UserInputError
 
 # The published template has nine positional slots: question, reference, (answer, score) x 3, answer to rate.
 TEMPLATE = (
@@ -102,47 +104,47 @@ def _without(key, case):
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        (lambda s: (s / "few_shots.json").unlink(), FileNotFoundError, r"few_shots.json: .*not found.*--source"),
-        (lambda s: (s / "prompt_fs.txt").unlink(), FileNotFoundError, r"prompt_fs.txt: .*not found"),
+        (lambda s: (s / "few_shots.json").unlink(), UserInputError, r"few_shots.json: .*not found.*--source"),
+        (lambda s: (s / "prompt_fs.txt").unlink(), UserInputError, r"prompt_fs.txt: .*not found"),
         (
             lambda s: (s / "test_cases.json").write_text('[{"idx": 1,\n "query": }]'),
-            ValueError,
+            UserInputError,
             r"test_cases.json: not valid JSON \(line 2, column 11",
         ),
-        (lambda s: write_source(s, few_shots=FEW_SHOTS[:2]), ValueError, r"case idx 3 has no few-shot list"),
+        (lambda s: write_source(s, few_shots=FEW_SHOTS[:2]), UserInputError, r"case idx 3 has no few-shot list"),
         (
             lambda s: write_source(s, few_shots=[*FEW_SHOTS, FEW_SHOTS[0]]),
-            ValueError,
+            UserInputError,
             r"few_shots.json has 4 few-shot lists but .*test_cases.json has 3 cases",
         ),
         (
             lambda s: write_source(s, few_shots=[FEW_SHOTS[0], FEW_SHOTS[1][:2], FEW_SHOTS[2]]),
-            ValueError,
+            UserInputError,
             r"few_shots.json: list 1 \(for case idx 2\) has 2 entries, but the judge template .* takes 3",
         ),
         (
             lambda s: write_source(s, few_shots=[FEW_SHOTS[0], FEW_SHOTS[1], [*FEW_SHOTS[2][:2], {"answer": "x"}]]),
-            ValueError,
+            UserInputError,
             r"list 2 \(for case idx 3\), example 2: `score` is None",
         ),
         (
             lambda s: write_source(s, cases=[CASES[0], _without("query", CASES[1]), CASES[2]]),
-            ValueError,
+            UserInputError,
             r"test_cases.json: case idx 2: `query` is None",
         ),
         (
             lambda s: write_source(s, cases=[CASES[0], CASES[0], CASES[2]]),
-            ValueError,
+            UserInputError,
             r"case idx 1 appears twice",
         ),
         (
             lambda s: write_source(s, cases=[CASES[0], {**CASES[1], "idx": "2"}, CASES[2]]),
-            ValueError,
+            UserInputError,
             r"test_cases.json: case 1 has idx '2'",
         ),
         (
             lambda s: write_source(s, template=TEMPLATE.replace("[Answer]\n{}", "[Answer]\n{answer}")),
-            ValueError,
+            UserInputError,
             r"prompt_fs.txt: not a LongBench-Chat judge prompt template: .*\{answer\}",
         ),
     ],
@@ -167,11 +169,14 @@ def test_bad_sources_fail_naming_file_case_and_problem(tmp_path, change, error, 
         _build(source, "all", tmp_path)
 
 
-def test_cli_writes_a_folder_that_load_dataset_reads(tmp_path, monkeypatch):
+def test_cli_writes_a_folder_that_load_dataset_reads(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
     source = write_source(tmp_path / "source")
     out = tmp_path / "built"
-    assert cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(out)]) == 0
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(out)]) == 0
+    assert caplog.text.count("not the published LongBench-Chat test cases") == 1  # once, not once per config
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["built", "source"]  # no staging folder left
 
     english = datasets.load_dataset(str(out), "en", split="test")
     assert english.features == FEATURES
@@ -189,6 +194,97 @@ def test_cli_writes_a_folder_that_load_dataset_reads(tmp_path, monkeypatch):
         "en/test-00000-of-00001.parquet",
         "zh/test-00000-of-00001.parquet",
     ]
+
+
+ENGLISH_ONLY = [CASES[0], {**CASES[2], "idx": 2}]
+CHINESE_ONLY = [{**CASES[1], "idx": 1}]
+
+
+@pytest.mark.parametrize(
+    ("cases", "present", "absent"),
+    [(ENGLISH_ONLY, "en", "zh"), (CHINESE_ONLY, "zh", "en")],
+    ids=["en-only", "zh-only"],
+)
+def test_a_single_language_source_builds_without_the_empty_config(
+    tmp_path, monkeypatch, caplog, cases, present, absent
+):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    source = write_source(tmp_path / "source", cases=cases, few_shots=FEW_SHOTS[: len(cases)])
+    out = tmp_path / "built"
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(out)]) == 0
+    assert f"config '{absent}' left out: the source has no" in caplog.text
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
+        "all/test-00000-of-00001.parquet",
+        f"{present}/test-00000-of-00001.parquet",
+    ]
+    queries = [case["query"] for case in cases]
+    assert datasets.load_dataset(str(out), present, split="test")["query"] == queries
+    assert datasets.load_dataset(str(out), split="test")["query"] == queries
+    with pytest.raises(ValueError, match=rf"BuilderConfig '{absent}' not found"):
+        datasets.load_dataset(str(out), absent, split="test")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert f"config_name: {absent}" not in card and f"there is no `{absent}` config" in card
+    assert f'load_dataset("path/to/this/folder", "{present}", split="test")' in card
+
+    # The builder's empty config is refused, naming the file and the configs that exist.
+    with pytest.raises(UserInputError, match=rf"test_cases.json has no \w+ case, so config '{absent}' would be empty"):
+        _build(source, absent, tmp_path)
+
+
+def _listing(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_a_failed_build_leaves_out_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    source = write_source(tmp_path / "source")
+    real_to_parquet = datasets.Dataset.to_parquet
+    written = []
+
+    def to_parquet_that_fails_second(self, path, *args, **kwargs):
+        written.append(path)
+        if len(written) == 2:
+            raise OSError("No space left on device")
+        return real_to_parquet(self, path, *args, **kwargs)
+
+    # A new folder: absent after the failure, and nothing else left in its parent.
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", to_parquet_that_fails_second)
+    with pytest.raises(OSError, match="No space left"):
+        write_hub_folder(tmp_path / "new" / "built", source_dir=source)
+    assert len(written) == 2 and not (tmp_path / "new").exists()
+
+    # An earlier build, with a file of the user's: a failed rebuild changes nothing.
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", real_to_parquet)
+    out = write_hub_folder(tmp_path / "built", source_dir=source)
+    (out / "NOTES.md").write_text("mine", encoding="utf-8")
+    before = _listing(out)
+    written.clear()
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", to_parquet_that_fails_second)
+    with pytest.raises(OSError, match="No space left"):
+        write_hub_folder(out, source_dir=write_source(tmp_path / "other", cases=ENGLISH_ONLY, few_shots=FEW_SHOTS[:2]))
+    assert _listing(out) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["built", "other", "source"]
+
+    # A rebuild that succeeds replaces the earlier configs (the stale `zh` goes) and keeps the user's file.
+    monkeypatch.setattr(datasets.Dataset, "to_parquet", real_to_parquet)
+    write_hub_folder(out, source_dir=tmp_path / "other")
+    assert sorted(_listing(out)) == [
+        "NOTES.md",
+        "README.md",
+        "all/test-00000-of-00001.parquet",
+        "en/test-00000-of-00001.parquet",
+    ]
+    assert datasets.load_dataset(str(out), split="test")["idx"] == [1, 2]
+
+
+def test_missing_source_folder_or_download_failure_says_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(UserInputError, match=r"--source .*nowhere: no such folder; pass the folder that holds"):
+        write_hub_folder(tmp_path / "built", source_dir=tmp_path / "nowhere")
+    monkeypatch.setattr(longbench_chat_builder, "SOURCE_URL", "http://127.0.0.1:9/")  # nothing listens there
+    with pytest.raises(UserInputError, match=r"could not download LongBench-Chat .* pass their folder as `--source`"):
+        write_hub_folder(tmp_path / "built")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
 
 
 def test_build_subcommands_are_shared_between_data_sets():

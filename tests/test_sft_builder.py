@@ -4,12 +4,14 @@ import json
 import logging
 
 import datasets
+import huggingface_hub
 import pytest
 import yaml
 
 from longalign_hf import cli
-from longalign_hf.data import hub
+from longalign_hf.data import sft
 from longalign_hf.data.sft import build_sft_dataset, clean_conversation, normalize_conversation, token_lengths
+from longalign_hf.errors import UserInputError
 from longalign_hf.sft_data import load_chat_dataset, prepare_sft_dataset
 
 
@@ -166,7 +168,7 @@ def test_short_ratio_mix_and_seed(tmp_path, tokenizer):
     other = datasets.load_dataset(str(tmp_path / "c"), split="train")
     # Another seed: another random sample of 12 short rows (not the file's first 12), in another order.
     assert sorted(map(str, other["messages"])) != sorted(map(str, first["messages"]))
-    with pytest.raises(ValueError, match=r"`short_ratio` must be between 0 and 1 \(exclusive\), got 1.0"):
+    with pytest.raises(UserInputError, match=r"--short-ratio must be between 0 and 1 \(exclusive\), got 1.0"):
         build_sft_dataset(long, short, tmp_path / "d", short_ratio=1.0, tokenizer=tokenizer)
 
 
@@ -174,7 +176,9 @@ def test_bad_rows_error_names_source_and_row_or_are_skipped(tmp_path, tokenizer,
     short_rows = _sharegpt_rows(6)
     short_rows[4]["conversations"][1]["from"] = "robot"
     long, short = _write(tmp_path, _long_rows(2), short_rows)
-    with pytest.raises(ValueError, match=rf"{short}: row 4: turn 1 has `from` 'robot'.*--bad-rows skip"):
+    with pytest.raises(
+        UserInputError, match=rf"{short}: row 4 \(rows count from 0\): turn 1 has `from` 'robot'.*--bad-rows skip"
+    ):
         build_sft_dataset(long, short, tmp_path / "out", tokenizer=tokenizer)
     with caplog.at_level(logging.INFO, logger="longalign_hf.data.sft"):
         report = build_sft_dataset(long, short, tmp_path / "out", tokenizer=tokenizer, bad_rows="skip")
@@ -182,7 +186,9 @@ def test_bad_rows_error_names_source_and_row_or_are_skipped(tmp_path, tokenizer,
     assert "dropped 1 bad rows" in caplog.text and "row 4: turn 1 has `from` 'robot'" in caplog.text
 
     (tmp_path / "plain.jsonl").write_text(json.dumps({"prompt": "x", "completion": "y"}) + "\n")
-    with pytest.raises(ValueError, match=r"plain.jsonl: no `messages` or `conversations` column \(columns: prompt"):
+    with pytest.raises(
+        UserInputError, match=r"--short .*plain.jsonl: no `messages` or `conversations` column \(columns: prompt"
+    ):
         build_sft_dataset(long, str(tmp_path / "plain.jsonl"), tmp_path / "out", tokenizer=tokenizer)
 
 
@@ -197,7 +203,7 @@ def test_push_to_hub_uploads_the_folder(tmp_path, tokenizer, monkeypatch):
             calls.append(("upload_folder", kwargs["repo_id"], kwargs))
             return type("Commit", (), {"commit_url": "https://hf.co/datasets/org/mix/commit/1"})()
 
-    monkeypatch.setattr(hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     long, short = _write(tmp_path, _long_rows(2), _sharegpt_rows(3))
     report = build_sft_dataset(long, short, tmp_path / "out", tokenizer=tokenizer, push_to_hub="org/mix", private=True)
     assert report.url == "https://hf.co/datasets/org/mix/commit/1"
@@ -205,3 +211,75 @@ def test_push_to_hub_uploads_the_folder(tmp_path, tokenizer, monkeypatch):
     assert calls[0][2] == {"repo_type": "dataset", "private": True, "exist_ok": True}
     assert calls[1][2]["folder_path"] == str(tmp_path / "out") and calls[1][2]["repo_type"] == "dataset"
     assert 'load_dataset("org/mix", split="train")' in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_bad_row_of_a_jsonl_file_is_named_by_its_line(tmp_path, tokenizer):
+    rows = _long_rows(3)
+    rows[1]["messages"][1]["role"] = "robot"
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps(rows[0]) + "\n\n" + "\n".join(map(json.dumps, rows[1:])), encoding="utf-8")
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps(row) + "\n" for row in _sharegpt_rows(2)), encoding="utf-8")
+    with pytest.raises(UserInputError, match=rf"^{long}, line 3: turn 1 has `role` 'robot'.*--bad-rows skip"):
+        build_sft_dataset(str(long), str(short), tmp_path / "out", tokenizer=tokenizer)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"short.jsonl is empty"),
+        ('{"messages": []}\n\n{"messages": [}\n', r"short.jsonl, line 3: not valid JSON"),
+    ],
+    ids=["empty", "malformed-line"],
+)
+def test_unreadable_sources_name_file_and_line_and_leave_no_output(tmp_path, tokenizer, text, message):
+    long, _ = _write(tmp_path, _long_rows(2), [])
+    (tmp_path / "short.jsonl").write_text(text, encoding="utf-8")
+    out = tmp_path / "new" / "mix"
+    with pytest.raises(UserInputError, match=message):
+        build_sft_dataset(long, str(tmp_path / "short.jsonl"), out, tokenizer=tokenizer)
+    with pytest.raises(UserInputError, match=r"'\./no-such-file.jsonl' does not exist"):
+        build_sft_dataset("./no-such-file.jsonl", long, out, tokenizer=tokenizer)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_build_leaves_out_as_it_was(tmp_path, tokenizer, monkeypatch):
+    long, short = _write(tmp_path, _long_rows(4), _sharegpt_rows(6))
+
+    def plot_fails(*args):
+        raise OSError("No space left on device")
+
+    out = tmp_path / "mix"
+    with monkeypatch.context() as patch:
+        patch.setattr(sft, "_plot_lengths", plot_fails)
+        with pytest.raises(OSError, match="No space left"):
+            build_sft_dataset(long, short, out, tokenizer=tokenizer)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["long.jsonl", "sharegpt.json"]
+
+    build_sft_dataset(long, short, out, tokenizer=tokenizer, seed=1)
+    (out / "NOTES.md").write_text("mine", encoding="utf-8")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    with monkeypatch.context() as patch:
+        patch.setattr(sft, "_plot_lengths", plot_fails)
+        with pytest.raises(OSError, match="No space left"):
+            build_sft_dataset(long, short, out, tokenizer=tokenizer, seed=2, short_ratio=0.5)
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["long.jsonl", "mix", "sharegpt.json"]
+
+    build_sft_dataset(long, short, out, tokenizer=tokenizer, seed=2, short_ratio=0.5)
+    assert len(datasets.load_dataset(str(out), split="train")) == 8  # 4 long + 4 short: the new mix replaced the old
+    assert (out / "NOTES.md").read_text(encoding="utf-8") == "mine"
+
+
+def test_a_tokenizer_that_cannot_be_loaded_says_to_pass_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as offline: never touch the network
+    long, short = _write(tmp_path, _long_rows(2), _sharegpt_rows(2))
+    with pytest.raises(UserInputError, match=r"the tokenizer 'longalign-tests/no-such-tokenizer' \(.*\); pass "
+                       r"`--tokenizer PATH_OR_ID`.*a local folder"):  # fmt: skip
+        build_sft_dataset(long, short, tmp_path / "out", tokenizer="longalign-tests/no-such-tokenizer")
+    with pytest.raises(UserInputError, match=r"the tokenizer '\./no-such-folder' \(no such folder\)"):
+        sft.load_tokenizer("./no-such-folder")
+    with pytest.raises(UserInputError, match=rf"the tokenizer '{tmp_path}' \(.*\); pass `--tokenizer PATH_OR_ID`"):
+        sft.load_tokenizer(str(tmp_path))  # a folder without tokenizer files
+    assert not (tmp_path / "out").exists()

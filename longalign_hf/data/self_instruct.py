@@ -18,8 +18,10 @@ The output is append-only JSONL, one record per line:
 "doc_id", "task_type", "questions" (all 5), "doc_tokens", "prompt_tokens" (the user turn), "answer_tokens",
 "language", "generator_model"}`, ready for `longalign data build sft --long FILE`. A record is written, in one write
 with flush and fsync, only when both calls succeeded and parsed; a reply without 5 numbered questions or an empty
-answer is asked again (`max_retries` times) and then counted as failed. A rerun skips documents already in the output,
-drops a last line cut short by a crash, and gets replies it already paid for from the on-disk cache
+answer is asked again (`max_retries` times) and then counted as failed: each failed document is logged as a warning,
+the summary counts them, and the command exits with status 1 (0 with `--allow-incomplete`). The output file is
+created with its first record, so a run that produces nothing leaves none behind. A rerun skips documents already in
+the output, drops a last line cut short by a crash, and gets replies it already paid for from the on-disk cache
 (`OUT.cache/` by default), so failed documents are retried and nothing is paid or written twice.
 
 Sources: a folder of text files (`glob`, default `**/*.txt`; document id: the path under the folder), a .jsonl,
@@ -34,18 +36,19 @@ import logging
 import os
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from longalign_hf.data.sft import DEFAULT_TOKENIZER, load_tokenizer, row_location
+from longalign_hf.errors import UserInputError, iter_jsonl
 
-from longalign_hf.data.sft import DEFAULT_TOKENIZER, load_tokenizer
-from longalign_hf.judge import JudgeClient, JudgeResult, total_usage
-from longalign_hf.longbench_chat import detect_language
-from longalign_hf.sft_data import load_chat_dataset
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from longalign_hf.judge import JudgeClient, JudgeResult
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +105,10 @@ def parse_questions(reply: str, num_questions: int = NUM_QUESTIONS) -> list[str]
     More than `num_questions` items: the first ones are kept.
 
     Example:
-
-    ```python
-    >>> parse_questions("Here you go:\\n1: Who?\\n2. What?\\n3) Where\\nexactly?\\nQ4: When?\\n**5.** Why?")
-    ['Who?', 'What?', 'Where exactly?', 'When?', 'Why?']
-    ```
+        >>> parse_questions("Here you go:\\n1: Who?\\n2. What?\\n3) Where\\nexactly?\\nQ4: When?\\n**5.** Why?")
+        ['Who?', 'What?', 'Where exactly?', 'When?', 'Why?']
+        >>> print(parse_questions("1: Who?\\n2: What?"))
+        None
     """
     items: list[list[str]] = []
     open_item = False
@@ -136,36 +138,49 @@ def load_documents(
     """Yield `(document id, text)` from a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
 
     Folder: the files matching `glob`, in sorted order, id = their path under the folder. Data set: rows in order,
-    id = `id_column` (as a string) or `row-N`; a null text is an empty document.
+    id = `id_column` (as a string) or `row-N`; a null text is an empty document. A source that cannot be read, or
+    holds no documents, raises `UserInputError` naming the file (and line) and what to do.
     """
-    folder = Path(source)
+    folder = Path(source).expanduser()
     if folder.is_dir():
         paths = sorted(path for path in folder.glob(glob) if path.is_file())
         if not paths:
-            raise FileNotFoundError(
-                f"{source}: no file matches {glob!r}. Pass `--glob` (e.g. '**/*.md'), or a .jsonl/.parquet file or a "
-                "Hub data set id with a text column."
+            raise UserInputError(
+                f"--docs {source}: no file matches --glob {glob!r}; pass another --glob (e.g. '**/*.md'), or a "
+                ".jsonl/.json/.parquet file or a Hub data set id with a text column"
             )
         for path in paths:
             try:
                 text = path.read_text(encoding="utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{path}: not UTF-8 text ({exc}). Convert it to UTF-8 or remove it.") from None
+                raise UserInputError(
+                    f"{path}: not UTF-8 text ({exc}); convert it to UTF-8, remove it, or narrow --glob"
+                ) from None
             yield path.relative_to(folder).as_posix(), text
         return
+    if folder.is_file() and folder.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        raise UserInputError(
+            f"--docs {source}: a {folder.suffix or 'extensionless'} file is not a document source; put the documents "
+            "in a folder (one text file each) and pass the folder, or pass a .jsonl/.json/.parquet file with a text "
+            "column"
+        )
+    from longalign_hf.sft_data import load_chat_dataset
+
     dataset = load_chat_dataset(source, name=name, split=split)
     for column, option in ((text_column, "--text-column"), (id_column, "--id-column")):
         if column is not None and column not in dataset.column_names:
-            raise ValueError(
-                f"{source}: no column {column!r} (columns: {', '.join(dataset.column_names)}); pass {option}."
+            raise UserInputError(
+                f"--docs {source}: no column {column!r} (columns: {', '.join(dataset.column_names)}); pass {option}"
             )
+    if len(dataset) == 0:
+        raise UserInputError(f"--docs {source}: no rows, so no documents; give a source with at least one document")
     columns = [text_column] + ([id_column] if id_column else [])
     for index, row in enumerate(dataset.select_columns(columns)):
         text = row[text_column]
         if text is not None and not isinstance(text, str):
-            raise ValueError(
-                f"{source}: row {index}: {text_column!r} is a {type(text).__name__}, not text; pass the text column "
-                "as --text-column."
+            raise UserInputError(
+                f"{row_location(source, index)}: {text_column!r} is not text but {type(text).__name__} {text!r:.40}; "
+                "pass the column that holds the documents as --text-column"
             )
         yield (str(row[id_column]) if id_column else f"row-{index}"), text or ""
 
@@ -175,8 +190,8 @@ class GenerationReport:
     """What a `generate_long_data` run did: documents seen, filtered, generated, failed, and the tokens it paid for.
 
     `usage` counts this run's requests only (replies from the cache are free and counted in `usage["cached"]`);
-    `failed` maps document ids to why they failed; `dropped_partial_line` is set when the output ended in a line cut
-    short by a crash, which was removed.
+    `failed` maps document ids to why they produced no sample; `dropped_partial_line` is set when the output ended in
+    a line cut short by a crash, which was removed.
     """
 
     out: str
@@ -194,8 +209,8 @@ class GenerationReport:
     def summary(self) -> str:
         return (
             f"{self.out}: {self.seen} documents seen, {self.too_short} too short and {self.too_long} too long "
-            f"(filtered), {self.already_done} already done, {self.generated} generated, {len(self.failed)} failed; "
-            f"{self.usage['requests']} requests, {self.usage['prompt_tokens']} prompt + "
+            f"(filtered), {self.already_done} already done, {self.generated} generated, {len(self.failed)} produced "
+            f"no sample (failed); {self.usage['requests']} requests, {self.usage['prompt_tokens']} prompt + "
             f"{self.usage['completion_tokens']} completion tokens, {self.usage['cached']} replies from the cache"
         )
 
@@ -211,63 +226,96 @@ class _Job:
     questions: list[str] | None = None
 
 
+def _cut_last_line(path: Path) -> bytes:
+    """The bytes after the last newline of `path`: a line cut short by a crash, or `b""` when it ends in a newline."""
+    with path.open("rb") as f:
+        end, tail = f.seek(0, os.SEEK_END), b""
+        while end > 0 and b"\n" not in tail:
+            start = max(0, end - (1 << 16))
+            f.seek(start)
+            tail = f.read(end - start) + tail
+            end = start
+    return tail.rpartition(b"\n")[2]
+
+
 def _read_done(path: Path, model: str) -> tuple[set[str], bool]:
     """Document ids already in the output, and whether a last line cut short by a crash was truncated away."""
     done: set[str] = set()
     if not path.exists():
         return done, False
-    complete_bytes = 0
-    with path.open("rb") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                break  # every record is written with its newline in one write: this line was cut short
-            try:
-                record = json.loads(line)
-                doc_id, saved_model = record["doc_id"], record["generator_model"]
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(
-                    f"{path} line {number} is not a record written by `longalign data generate`; pass another --out "
-                    "(or move the file away to start over)."
-                ) from None
-            if saved_model != model:
-                raise ValueError(
-                    f"{path} line {number} was generated by {saved_model!r}, not {model!r}: pass another --out to keep "
-                    "the models apart (or the same --model to continue)."
-                )
-            done.add(doc_id)
-            complete_bytes += len(line)
-    partial = path.stat().st_size > complete_bytes
-    if partial:
+    for number, record in iter_jsonl(path, skip_cut_last_line=True):
+        try:
+            doc_id, saved_model = record["doc_id"], record["generator_model"]
+        except (KeyError, TypeError):
+            raise UserInputError(
+                f"{path}, line {number}: not a record written by `longalign data generate`; pass another --out (or "
+                "move the file away to start over)"
+            ) from None
+        if saved_model != model:
+            raise UserInputError(
+                f"{path}, line {number}: generated by {saved_model!r}, not {model!r}; pass another --out to keep the "
+                "models apart (or the same --model to continue)"
+            )
+        done.add(doc_id)
+    cut = _cut_last_line(path)
+    if not cut:
+        return done, False
+    try:
+        json.loads(cut)  # whole (and read above): only its newline is missing
+    except ValueError:
+        size = path.stat().st_size
         logger.warning(
             "%s ended in a line cut short by a crash (%d bytes); it is removed and its document generated again.",
             path,
-            path.stat().st_size - complete_bytes,
+            len(cut),
         )
-        os.truncate(path, complete_bytes)
-    return done, partial
+        os.truncate(path, size - len(cut))
+        return done, True
+    with path.open("ab") as f:
+        f.write(b"\n")
+    return done, False
 
 
 def _num_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
-def _failure(step: str, result: JudgeResult) -> str:
-    last = f"; last reply: {result.text!r:.120}" if result.text is not None else ""
-    return f"{step}: {result.error}{last}"
+def _has_questions(reply: str) -> bool:
+    return parse_questions(reply) is not None
+
+
+def _has_answer(reply: str) -> bool:
+    return bool(reply.strip())
+
+
+def _failure(step: str, wanted: str, result: JudgeResult, usable: Callable[[str], bool]) -> str:
+    """Why a call gave nothing usable, in this step's words: what the reply lacked, or the endpoint's error."""
+    if result.text is not None and not usable(result.text):
+        return f"{step}: no reply held {wanted} ({result.requests} requests); last reply: {result.text!r:.120}"
+    return f"{step}: {result.error}"
 
 
 class _Generator:
-    """One run: the client, the tokenizer, the open output file and the report, over batches of documents."""
+    """One run: the client, the tokenizer, the output (opened at its first record) and the report, over batches."""
 
-    def __init__(
-        self, client: JudgeClient, tokenizer: PreTrainedTokenizerBase, out: BinaryIO, report: GenerationReport
-    ):
-        self.client, self.tokenizer, self.out, self.report = client, tokenizer, out, report
+    def __init__(self, client: JudgeClient, tokenizer: PreTrainedTokenizerBase, out: Path, report: GenerationReport):
+        self.client, self.tokenizer, self.out_path, self.report = client, tokenizer, out, report
+        self.out: BinaryIO | None = None
+
+    def close(self) -> None:
+        if self.out is not None:
+            self.out.close()
 
     def _add_usage(self, results: list[JudgeResult]) -> None:
+        from longalign_hf.judge import total_usage
+
         usage = total_usage(results)
         for key in self.report.usage:
             self.report.usage[key] += usage[key]
+
+    def _fail(self, job: _Job, reason: str) -> None:
+        self.report.failed[job.doc_id] = reason
+        logger.warning("%s: no sample; %s", job.doc_id, reason)
 
     def _write(self, job: _Job, answer: str) -> None:
         user = job.text + "\n\n" + job.questions[job.question_index]
@@ -282,6 +330,9 @@ class _Generator:
             "language": job.language,
             "generator_model": self.client.model,
         }
+        if self.out is None:  # created with its first record: a run that produces nothing leaves no empty file
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+            self.out = self.out_path.open("ab")
         # One write of a whole line, flushed to disk: a crash leaves whole records and at most one cut-short last line.
         self.out.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self.out.flush()
@@ -293,32 +344,27 @@ class _Generator:
             [{"role": "user", "content": job.text + "\n\n" + question_prompt(job.task_type, job.language)}]
             for job in jobs
         ]
-        results = self.client.complete(
-            prompts, validate=lambda reply: parse_questions(reply) is not None, desc="questions"
-        )
+        results = self.client.complete(prompts, validate=_has_questions, desc="questions")
         self._add_usage(results)
         ready = []
         for job, result in zip(jobs, results):
             if result.error is not None:
-                self.report.failed[job.doc_id] = _failure(
-                    f"question list (needs {NUM_QUESTIONS} numbered questions)", result
-                )
+                wanted = f"a numbered list of {NUM_QUESTIONS} questions"
+                self._fail(job, _failure("question list", wanted, result, _has_questions))
                 continue
             job.questions = parse_questions(result.text)
             ready.append(job)
 
         def save(index: int, result: JudgeResult) -> None:
             if result.error is not None:
-                self.report.failed[ready[index].doc_id] = _failure("answer (needs a non-empty reply)", result)
+                self._fail(ready[index], _failure("answer", "a non-empty answer", result, _has_answer))
             else:
                 self._write(ready[index], result.text)
 
         prompts = [
             [{"role": "user", "content": job.text + "\n\n" + job.questions[job.question_index]}] for job in ready
         ]
-        results = self.client.complete(
-            prompts, validate=lambda reply: bool(reply.strip()), desc="answers", on_result=save
-        )
+        results = self.client.complete(prompts, validate=_has_answer, desc="answers", on_result=save)
         self._add_usage(results)
 
 
@@ -350,6 +396,8 @@ def generate_long_data(
     """Generate long-context instruction data from the documents in `docs` into the JSONL file `out` (resumable).
 
     See the module docstring for the method and the record; `add_parser` documents every option (the CLI's help).
+    The output file is created with its first record, so a run that produces nothing leaves none behind; a document
+    that produces no sample is logged as a warning when it fails and listed in the report's `failed`.
 
     Args:
         docs: a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
@@ -361,13 +409,27 @@ def generate_long_data(
             will train, whose context the bounds are about.
 
     Returns:
-        A `GenerationReport` (also logged, with every failed document and why).
+        A `GenerationReport` (its summary is logged too).
     """
+    from tqdm.auto import tqdm
+
+    from longalign_hf.judge import JudgeClient
+    from longalign_hf.longbench_chat import detect_language
+
     if min_tokens > max_tokens:
-        raise ValueError(f"`min_tokens` ({min_tokens}) is above `max_tokens` ({max_tokens}).")
+        raise UserInputError(f"--min-tokens ({min_tokens}) is above --max-tokens ({max_tokens}); swap or fix them")
     if batch_size < 1:
-        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_docs is not None and num_docs < 1:
+        raise UserInputError(f"--num-docs must be at least 1, got {num_docs}; leave it out to use every document")
+    if max_concurrency < 1 or max_retries < 0:
+        raise UserInputError(
+            f"--concurrency must be at least 1 and --max-retries 0 or more, got {max_concurrency} and {max_retries}"
+        )
     out = Path(out)
+    if out.is_dir():
+        raise UserInputError(f"--out {out} is a folder; give the JSONL file to append records to")
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     client = JudgeClient(
         model,
         base_url=base_url,
@@ -381,20 +443,22 @@ def generate_long_data(
         max_tokens=max_new_tokens,
         seed=seed,
     )
-    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    out.parent.mkdir(parents=True, exist_ok=True)
     done, partial = _read_done(out, model)
     report = GenerationReport(out=str(out), dropped_partial_line=partial)
     seen_ids: set[str] = set()
     selected = 0
-    with out.open("ab") as f, tqdm(total=num_docs, desc="documents", unit="doc") as progress:
-        generator = _Generator(client, tok, f, report)
+    with (
+        closing(_Generator(client, tok, out, report)) as generator,
+        tqdm(total=num_docs, desc="documents", unit="doc") as progress,
+    ):
         batch: list[_Job] = []
         for doc_id, text in load_documents(docs, text_column, id_column, name, split, glob):
             if num_docs is not None and selected >= num_docs:
                 break
             if doc_id in seen_ids:
-                raise ValueError(f"{docs}: document id {doc_id!r} appears twice; pass an --id-column of unique ids.")
+                raise UserInputError(
+                    f"--docs {docs}: document id {doc_id!r} appears twice; pass an --id-column of unique ids"
+                )
             seen_ids.add(doc_id)
             report.seen += 1
             if doc_id in done:
@@ -421,18 +485,29 @@ def generate_long_data(
         if batch:
             generator.run_batch(batch)
             progress.update(len(batch))
-    logger.info(report.summary())
+    if not selected:
+        logger.warning(
+            "No document of %s is within --min-tokens %d and --max-tokens %d tokens of %s (%d too short, %d too "
+            "long): nothing to generate.",
+            docs,
+            min_tokens,
+            max_tokens,
+            getattr(tok, "name_or_path", "the tokenizer"),
+            report.too_short,
+            report.too_long,
+        )
+    (logger.warning if report.failed else logger.info)(report.summary())
     if report.failed:
         logger.warning(
-            "%d documents failed (rerun the same command to retry them; replies already received are cached):\n%s",
+            "%d documents produced no sample (each logged above); rerun the same command to retry them, replies "
+            "already received are cached.",
             len(report.failed),
-            "\n".join(f"  {doc_id}: {reason}" for doc_id, reason in report.failed.items()),
         )
     return report
 
 
 def _main(args: argparse.Namespace) -> int:
-    generate_long_data(
+    report = generate_long_data(
         args.docs,
         args.out,
         args.model,
@@ -456,6 +531,13 @@ def _main(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         batch_size=args.batch_size,
     )
+    print(report.summary())
+    if report.failed and not args.allow_incomplete:
+        print(
+            f"{len(report.failed)} documents produced no sample: exit status 1. Rerun the same command to retry them "
+            "(replies already received are cached), or pass --allow-incomplete to exit 0."
+        )
+        return 1
     return 0
 
 
@@ -480,8 +562,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument(
         "--tokenizer",
         default=DEFAULT_TOKENIZER,
-        help="tokenizer (Hub id or folder) of the model you will train, for the length bounds "
-        f"(default: {DEFAULT_TOKENIZER})",
+        metavar="PATH_OR_ID",
+        help="tokenizer of the model you will train, for the length bounds: a Hub id, or a local folder (works "
+        f"offline) (default: {DEFAULT_TOKENIZER}, from the Hub)",
     )
     source.add_argument(
         "--min-tokens", type=int, default=8_000, help="skip shorter documents (default: 8000, the paper's 8k)"
@@ -518,5 +601,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     llm.add_argument("--cache-dir", help="reply cache, what makes reruns free (default: OUT.cache next to --out)")
     llm.add_argument(
         "--batch-size", type=int, default=64, help="documents held in memory and asked at a time (default: 64)"
+    )
+    parser.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="exit 0 even when some documents could not be turned into samples (default: exit 1; they are retried "
+        "by the next run)",
     )
     parser.set_defaults(func=_main)

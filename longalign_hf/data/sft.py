@@ -24,7 +24,8 @@ rows a ratio keeps are a random sample rather than the file's first rows; the mi
 The output folder holds `data/train-*.parquet` (columns `messages` and `source`: `"long"` or `"short"`), a
 `length_histogram.png` of lengths in tokens of `tokenizer` (through its chat template, as the trainer counts them),
 and a `README.md` dataset card whose YAML header lists the `configs:` and features, so `datasets.load_dataset(OUT)`
-reads it offline and `recipes/sft.py --dataset_name OUT` trains on it.
+reads it offline and `recipes/sft.py --dataset_name OUT` trains on it. The folder is written aside and moved into
+place at the end: a failed build leaves no partial folder (and an earlier build's folder as it was).
 """
 
 from __future__ import annotations
@@ -33,22 +34,19 @@ import argparse
 import logging
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import datasets
-import numpy as np
-from datasets.info import DatasetInfosDict
-from huggingface_hub import DatasetCard, DatasetCardData
-from matplotlib.figure import Figure
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from longalign_hf.chat import VALID_ROLES
-from longalign_hf.data.hub import push_hub_folder
-from longalign_hf.sft_data import BAD_ROW_POLICIES, load_chat_dataset, mix_datasets
+from longalign_hf.data.hub import push_hub_folder, staged_folder
+from longalign_hf.errors import UserInputError, iter_jsonl
+
+if TYPE_CHECKING:
+    import datasets
+    from huggingface_hub import DatasetCard, DatasetCardData
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +73,41 @@ _MAX_SHARD_BYTES = 500 * 2**20  # the shard size `Dataset.push_to_hub` uses
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer that lengths are counted in, with an error that says what to pass instead."""
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"Could not load the tokenizer {name_or_path!r} ({exc}). Pass `--tokenizer` with the Hub id or local "
-            f"folder of the model you will train (default: {DEFAULT_TOKENIZER})."
-        ) from None
+    """Load the tokenizer lengths are counted in; if it cannot be loaded, a `UserInputError` says what to pass."""
+    from transformers import AutoTokenizer
+
+    if name_or_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        reason = "no such folder"
+    else:
+        try:
+            return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
+        except Exception as error:  # offline, unknown id, gated, or a folder without tokenizer files
+            lines = str(error).strip().splitlines()
+            reason = lines[0] if lines else type(error).__name__
+    raise UserInputError(
+        f"could not load the tokenizer {name_or_path!r} ({reason}); pass `--tokenizer PATH_OR_ID` with the tokenizer "
+        "of the model you will train: a Hub id, or a local folder with its tokenizer files (e.g. written by "
+        "`save_pretrained`), which works offline"
+    )
+
+
+def row_location(source: str, index: int) -> str:
+    """Where row `index` (from 0) of a data source is, for an error message: its line for a local .jsonl file.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + "/rows.jsonl"
+        >>> _ = open(path, "w").write('{"a": 1}\\n\\n{"a": 2}\\n')
+        >>> row_location(path, 1).removeprefix(path)
+        ', line 3'
+        >>> row_location("org/name", 1)
+        'org/name: row 1 (rows count from 0)'
+    """
+    if os.path.isfile(source) and source.lower().endswith(".jsonl"):
+        for position, (number, _) in enumerate(iter_jsonl(source)):
+            if position == index:
+                return f"{source}, line {number}"
+    return f"{source}: row {index} (rows count from 0)"
 
 
 def _normalize_turn(turn: Any, position: int) -> dict[str, str]:
@@ -114,11 +139,8 @@ def normalize_conversation(turns: Any) -> list[dict[str, str]]:
     `ValueError` naming the turn for anything else.
 
     Example:
-
-    ```python
-    >>> normalize_conversation([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}])
-    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
-    ```
+        >>> normalize_conversation([{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}])
+        [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello!'}]
     """
     if not isinstance(turns, list):
         raise ValueError(f"expected a list of turns, got {type(turns).__name__} {turns!r:.80}")
@@ -180,9 +202,9 @@ def _clean_row(row: dict[str, Any], index: int, column: str, source: str, bad_ro
         messages = normalize_conversation(row[column])
     except ValueError as exc:
         if bad_rows == "error":
-            raise ValueError(
-                f"{source}: row {index}: {exc}. Fix the row, or pass `--bad-rows skip` (`bad_rows='skip'`) to drop "
-                "and count such rows."
+            raise UserInputError(
+                f"{row_location(source, index)}: {exc}; fix the row, or pass `--bad-rows skip` (`bad_rows='skip'`) to "
+                "drop and count such rows"
             ) from None
         return {"messages": [], "_drop": "bad row", "_reason": f"row {index}: {exc}", "_zw": 0, "_empty": 0}
     messages, zero_width, empty_turns = clean_conversation(messages)
@@ -203,9 +225,10 @@ def _clean_part(dataset: datasets.Dataset, report: PartReport, bad_rows: str) ->
     elif "conversations" in dataset.column_names:
         column = "conversations"
     else:
-        raise ValueError(
-            f"{report.path}: no `messages` or `conversations` column (columns: {', '.join(dataset.column_names)}). "
-            "Chat data needs `messages` ({role, content} turns) or ShareGPT `conversations` ({from, value} turns)."
+        raise UserInputError(
+            f"--{report.name} {report.path}: no `messages` or `conversations` column (columns: "
+            f"{', '.join(dataset.column_names)}); chat data needs `messages` ({{role, content}} turns) or ShareGPT "
+            "`conversations` ({from, value} turns)"
         )
     cleaned = dataset.map(
         _clean_row,
@@ -224,7 +247,7 @@ def _clean_part(dataset: datasets.Dataset, report: PartReport, bad_rows: str) ->
     cleaned = cleaned.select([index for index, drop in enumerate(drops) if not drop])
     report.kept = len(cleaned)
     if report.kept == 0:
-        raise ValueError(f"No usable conversation left. {report.summary()}")
+        raise UserInputError(f"--{report.name} {report.path}: no usable conversation left; {report.summary()}")
     return cleaned.select_columns(["messages"])
 
 
@@ -240,6 +263,8 @@ def token_lengths(conversations: Sequence[Sequence[dict[str, str]]], tokenizer: 
 
 def length_stats(lengths: Sequence[int]) -> dict[str, float]:
     """Count, mean, median, p90 and max of `lengths`, and the share over each of `LENGTH_THRESHOLDS`."""
+    import numpy as np
+
     values = np.asarray(lengths, dtype=np.float64)
     if values.size == 0:
         return {"count": 0}
@@ -275,6 +300,9 @@ def format_length_stats(stats: dict[str, dict[str, float]]) -> str:
 
 
 def _plot_lengths(lengths: dict[str, list[int]], tokenizer_name: str, path: Path) -> None:
+    import numpy as np
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     everything = [length for values in lengths.values() for length in values]
@@ -315,6 +343,8 @@ def _command(long: str, short: str, out_dir: Path, short_ratio: float | None, to
 def _dataset_card(
     card_data: DatasetCardData, report: SFTBuildReport, command: str, repo_id: str | None
 ) -> DatasetCard:
+    from huggingface_hub import DatasetCard
+
     location = repo_id or "path/to/this/folder"
     total = sum(part.in_mix for part in report.parts)
     ratio = "all of both sets" if report.short_ratio is None else f"short share {report.short_ratio:g}"
@@ -379,10 +409,9 @@ The rows keep the licenses and terms of their source data sets listed above; che
     return DatasetCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
-def _write_hub_folder(dataset: datasets.Dataset, out_dir: Path) -> None:
+def _write_shards(dataset: datasets.Dataset, out_dir: Path) -> None:
     data_dir = out_dir / "data"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir()
     num_shards = max(1, math.ceil(dataset.data.nbytes / _MAX_SHARD_BYTES))
     for index in range(num_shards):
         shard = dataset.shard(num_shards, index, contiguous=True)
@@ -406,7 +435,8 @@ def build_sft_dataset(
     Args:
         long: the long set (Hub id, file or folder), `messages` or ShareGPT `conversations`.
         short: the short chat set, in either format.
-        out_dir: the folder to write (created; earlier shards in `OUT/data/` are replaced).
+        out_dir: the folder to write (created; an earlier build's `data/`, histogram and card in it are replaced, other
+            files kept). It changes only once everything is written: a failed build leaves it as it was.
         short_ratio: share of short samples in the mix, between 0 and 1 exclusive; `None` keeps all of both sets.
         tokenizer: tokenizer (or its Hub id or folder) to count lengths in, for the statistics and the histogram.
         seed: seed of the shuffles.
@@ -418,12 +448,19 @@ def build_sft_dataset(
     Returns:
         An `SFTBuildReport`; `report.length_table()` is the Markdown table of length statistics.
     """
+    import datasets
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    from longalign_hf.sft_data import BAD_ROW_POLICIES, load_chat_dataset, mix_datasets
+
     if short_ratio is not None and not 0 < short_ratio < 1:
-        raise ValueError(
-            f"`short_ratio` must be between 0 and 1 (exclusive), got {short_ratio}; leave it out to keep all of both sets."
+        raise UserInputError(
+            f"--short-ratio must be between 0 and 1 (exclusive), got {short_ratio}; leave it out to keep all of both "
+            "sets"
         )
     if bad_rows not in BAD_ROW_POLICIES:
-        raise ValueError(f"`bad_rows` must be one of {BAD_ROW_POLICIES}, got {bad_rows!r}")
+        raise UserInputError(f"--bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}, got {bad_rows!r}")
     tokenizer_name = tokenizer if isinstance(tokenizer, str) else tokenizer.name_or_path or type(tokenizer).__name__
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     out_dir = Path(out_dir)
@@ -447,8 +484,6 @@ def build_sft_dataset(
     stats["all"] = length_stats(lengths["long"] + lengths["short"])
     report = SFTBuildReport(out_dir, reports, stats, tokenizer_name, short_ratio)
 
-    _write_hub_folder(mixed, out_dir)
-    _plot_lengths(lengths, tokenizer_name, out_dir / HISTOGRAM_FILE)
     card_data = DatasetCardData(
         pretty_name="LongAlign SFT mix",
         license=license,
@@ -462,7 +497,11 @@ def build_sft_dataset(
     info.splits.add(datasets.SplitInfo(name="train", num_examples=len(mixed), num_bytes=mixed.data.nbytes))
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     command = _command(long, short, out_dir, short_ratio, tokenizer_name, seed)
-    _dataset_card(card_data, report, command, push_to_hub).save(out_dir / "README.md")
+    # Written aside and moved in at the end: a failed build leaves OUT as it was (or absent), never half written.
+    with staged_folder(out_dir, owned=("data", HISTOGRAM_FILE, "README.md")) as staging:
+        _write_shards(mixed, staging)
+        _plot_lengths(lengths, tokenizer_name, staging / HISTOGRAM_FILE)
+        _dataset_card(card_data, report, command, push_to_hub).save(staging / "README.md")
     logger.info(
         "Wrote %d conversations to %s; load it with datasets.load_dataset(%r)", len(mixed), out_dir, str(out_dir)
     )
@@ -517,12 +556,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tokenizer",
         default=DEFAULT_TOKENIZER,
-        help=f"tokenizer (Hub id or folder) the length statistics are counted in (default: {DEFAULT_TOKENIZER})",
+        metavar="PATH_OR_ID",
+        help="tokenizer the length statistics are counted in: a Hub id, or a local folder (works offline) "
+        f"(default: {DEFAULT_TOKENIZER}, from the Hub)",
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of the shuffles (default: 42)")
     parser.add_argument(
         "--bad-rows",
-        choices=BAD_ROW_POLICIES,
+        choices=("error", "skip"),  # `sft_data.BAD_ROW_POLICIES`, which imports `datasets`: too slow for `--help`
         default="error",
         help="a malformed row stops the build (error, default) or is dropped and counted (skip)",
     )

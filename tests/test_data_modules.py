@@ -1,0 +1,61 @@
+"""The `longalign data` modules: their docstring examples run; they register commands without heavy imports."""
+
+import doctest
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import longalign_hf.data.hub
+import longalign_hf.data.longbench_chat
+import longalign_hf.data.longbench_chat_builder
+import longalign_hf.data.self_instruct
+import longalign_hf.data.sft
+
+PACKAGE = Path(longalign_hf.data.sft.__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "datasets", "evaluate", "openai", "matplotlib", "numpy", "trl", "huggingface_hub")
+
+
+@pytest.mark.parametrize(
+    ("module", "examples"),
+    [
+        (longalign_hf.data.self_instruct, 2),
+        (longalign_hf.data.sft, 6),
+        (longalign_hf.data.longbench_chat, 1),
+        (longalign_hf.data.longbench_chat_builder, 0),
+        (longalign_hf.data.hub, 0),
+    ],
+    ids=lambda value: getattr(value, "__name__", str(value)),
+)
+def test_docstring_examples(module, examples):
+    results = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert (results.attempted, results.failed) == (examples, 0)
+
+
+# Run in a fresh interpreter. The package `__init__` files are stood in for by empty packages: this checks what the
+# command modules themselves import, at their top and in `add_parser`.
+_IMPORT_CHECK = """
+import argparse, importlib, json, sys, types
+from pathlib import Path
+
+root = Path(sys.argv[1])
+for name, folder in (("longalign_hf", root), ("longalign_hf.data", root / "data")):
+    package = types.ModuleType(name)
+    package.__path__ = [str(folder)]
+    sys.modules[name] = package
+sys.modules["longalign_hf.data"].build_subparsers = lambda subparsers: subparsers
+subparsers = argparse.ArgumentParser().add_subparsers()
+for module in ("self_instruct", "sft", "longbench_chat"):
+    importlib.import_module(f"longalign_hf.data.{module}").add_parser(subparsers)
+print(json.dumps({"commands": sorted(subparsers.choices), "heavy": sorted(set(sys.argv[2:]) & set(sys.modules))}))
+"""
+
+
+def test_commands_register_without_heavy_imports():
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_CHECK, str(PACKAGE), *HEAVY], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"commands": ["generate", "longbench-chat", "sft"], "heavy": []}
