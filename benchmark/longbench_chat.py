@@ -5,8 +5,10 @@
 
 Every option of `longalign eval longbench-chat` applies to every model (see `--help`); `--output-dir` is the root
 under which each model gets its own folder (default `outputs/longbench_chat/MODEL`), so an interrupted run resumes
-where it stopped and the judge pays nothing twice. The table (mean score 1-10, per language, failed judge calls,
-judge model and tokens) is printed and written to `OUTPUT_DIR/summary.md` with the command that made it.
+where it stopped and the judge pays nothing twice. The table (mean score on the judge's 1-10 scale, overall and per
+language, cases scored, failed judge calls, judge model and tokens) is printed and written to `OUTPUT_DIR/summary.md`
+with the command that made it. As the command does, the script exits with status 1 when a case of any model could not
+be scored, unless `--allow-incomplete`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from longalign_hf.evaluation import run_folder
 from longalign_hf.evaluation.longbench_chat import (
     add_arguments,
     default_output_dir,
     format_summary,
     options_from_args,
     run_longbench_chat,
+    shortfall,
 )
 
 
@@ -37,7 +41,7 @@ def _without_keys(argv: list[str]) -> list[str]:
     return masked
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", required=True, help="model paths or Hub ids, evaluated in turn")
     add_arguments(parser)
@@ -54,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     table = f"{format_summary(results)}\n\nMade with `{command}`.\n"
     print(table)
     (root / "summary.md").write_text(table, encoding="utf-8")
+    missing = [note for note in map(shortfall, results) if note is not None]
+    return run_folder.exit_status("; ".join(missing) or None, args.allow_incomplete)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -4,8 +4,12 @@ It talks to any server that speaks `/v1/chat/completions` through the `openai` c
 `vllm serve` / llama.cpp server (`base_url="http://localhost:8000/v1"`). Calls run in a thread pool bounded by
 `max_concurrency`; transient failures (connection errors, timeouts, HTTP 408/409/429/5xx) are retried with
 exponential backoff; a caller-supplied `validate` marks a reply unusable (e.g. no rating in it) so it is asked again;
-good replies are cached on disk so a rerun pays nothing twice. The API key is sent to the server and nowhere else:
-it is never logged, cached or written.
+good replies are cached on disk so a rerun pays nothing twice. A call that still fails after its retries is logged as a
+WARNING and returned with its `error`. The API key is sent to the server and nowhere else: it is never logged, cached
+or written.
+
+`openai` and `tqdm` are imported when first used, so importing this module stays light (the `longalign` command
+does).
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import openai
-from tqdm.auto import tqdm
+from longalign_hf.errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +114,12 @@ class JudgeClient:
             raise ValueError(f"`max_concurrency` must be at least 1, got {max_concurrency}.")
         if max_retries < 0:
             raise ValueError(f"`max_retries` must be 0 or more, got {max_retries}.")
+        import openai
+
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if api_key is None:
             if base_url is None:
-                raise ValueError(
+                raise UserInputError(
                     "No API key for the OpenAI API: set the OPENAI_API_KEY environment variable or pass `api_key`; "
                     "for a local server (vLLM, llama.cpp) pass its `base_url` instead."
                 )
@@ -140,6 +145,7 @@ class JudgeClient:
         validate: Callable[[str], bool] | None = None,
         desc: str = "chat completions",
         on_result: Callable[[int, JudgeResult], None] | None = None,
+        invalid_reason: str = "rejected by the caller's check",
     ) -> list[JudgeResult]:
         """Answer every conversation in `messages_list`, `max_concurrency` at a time, in input order.
 
@@ -147,26 +153,44 @@ class JudgeClient:
             messages_list: one list of `{"role", "content"}` messages per call.
             validate: returns `False` for a reply that cannot be used; it is then asked again (bypassing the cache)
                 up to `max_retries` times and finally reported with `error` set. Cached replies are re-validated.
-            desc: label of the progress bar.
+            desc: label of the progress bar and of the log lines.
             on_result: called as `on_result(index, result)` in the calling thread as each call finishes, e.g. to
                 save results as they come.
+            invalid_reason: what is wrong with a reply `validate` rejects, in the `error` of a call that gave up,
+                e.g. `"no rating [[n]] in it"`.
+
+        Each call that fails after its retries is logged as a WARNING as it finishes, and so is the final tally
+        when any failed.
         """
+        from tqdm.auto import tqdm
+
         results: list[JudgeResult | None] = [None] * len(messages_list)
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = {
-                pool.submit(self._complete_one, messages, validate): i for i, messages in enumerate(messages_list)
+                pool.submit(self._complete_one, messages, validate, invalid_reason): i
+                for i, messages in enumerate(messages_list)
             }
             try:
                 for future in tqdm(as_completed(futures), total=len(futures), desc=desc):
                     index = futures[future]
                     results[index] = future.result()
+                    if results[index].error is not None:
+                        logger.warning(
+                            "%s with %s: call %d of %d failed: %s",
+                            desc,
+                            self.model,
+                            index + 1,
+                            len(futures),
+                            results[index].error,
+                        )
                     if on_result is not None:
                         on_result(index, results[index])
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
         usage = total_usage(results)
-        logger.info(
+        logger.log(
+            logging.WARNING if usage["failed"] else logging.INFO,
             "%s with %s: %d calls, %d from cache, %d failed; %d requests, %d prompt + %d completion tokens",
             desc,
             self.model,
@@ -187,7 +211,11 @@ class JudgeClient:
             options["seed"] = self.seed
         return options
 
-    def _complete_one(self, messages: Messages, validate: Callable[[str], bool] | None) -> JudgeResult:
+    def _complete_one(
+        self, messages: Messages, validate: Callable[[str], bool] | None, invalid_reason: str
+    ) -> JudgeResult:
+        import openai
+
         options = self._request_options()
         key = hashlib.sha256(json.dumps({**options, "messages": messages}, sort_keys=True).encode("utf-8")).hexdigest()
         cached = self._read_cache(key)
@@ -223,7 +251,7 @@ class JudgeClient:
                 continue
             text = reply
             if validate is not None and not validate(reply):
-                error = "invalid reply: rejected by the caller's check (e.g. no rating in it)"
+                error = f"invalid reply: {invalid_reason}"
                 continue
             self._write_cache(key, {"model": self.model, "text": reply, "usage": usage})
             return JudgeResult(text=reply, usage=usage, requests=attempt + 1)

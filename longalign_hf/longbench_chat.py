@@ -5,7 +5,8 @@ the reference answer and scored example answers (few-shot). The judge prompt tem
 `prompt_fs.txt`, read from the source files at run time and carried in the built dataset's `judge_template` column:
 it has positional `{}` slots for the question, the reference, (answer, score) for each example, and the answer to
 rate. The `evaluate` metric (`longalign_hf/metrics/longbench_chat`) and `longalign eval longbench-chat` are thin
-wrappers around `score_predictions`.
+wrappers around `score_predictions`, which alone decides the text the judge sees (`answer_for_judge`): the same
+prediction gives the same judge request from either.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from statistics import mean
 from typing import Any
 
+from longalign_hf.errors import UserInputError
 from longalign_hf.judge import JudgeClient, total_usage
 
 JUDGE_SYSTEM_PROMPT = "You're a good assistant at evaluating the quality of texts."
@@ -37,10 +39,11 @@ _RATING_BRACKETS = re.compile(r"\[\[([^\]]+)\]\]")
 _NUMBER = re.compile(r"\d+\.\d+|\d+")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN = re.compile(r"[A-Za-z]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def few_shot_slots(template: str) -> int:
-    """How many scored examples a judge prompt template takes; raises `ValueError` if it is not a LongBench-Chat one.
+    """How many scored examples a judge prompt template takes; raises `UserInputError` if it is not a LongBench-Chat one.
 
     A template has only positional `{}` slots: question, reference, then (answer, score) per example, then the
     answer to rate, so `2 * k + 3` slots for `k` examples (the published `prompt_fs.txt` has 9: `k = 3`). Literal
@@ -49,15 +52,15 @@ def few_shot_slots(template: str) -> int:
     try:
         fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)]
     except ValueError as exc:
-        raise ValueError(f"The judge prompt template is not a format string ({exc}).") from exc
+        raise UserInputError(f"The judge prompt template is not a format string ({exc}).") from exc
     fields = [field for field in fields if field[0] is not None]
     if any(field != ("", "", None) for field in fields):
-        raise ValueError(
+        raise UserInputError(
             "The judge prompt template must only have empty `{}` slots (question, reference, answer/score per "
             f"example, answer to rate), but has {['{' + name + '}' for name, _, _ in fields if name]}."
         )
     if len(fields) < 3 or (len(fields) - 3) % 2:
-        raise ValueError(
+        raise UserInputError(
             f"The judge prompt template has {len(fields)} `{{}}` slots; a LongBench-Chat template has 2 * k + 3 "
             "(question, reference, an answer and a score per example, the answer to rate)."
         )
@@ -90,6 +93,22 @@ def build_judge_prompt(
     for shot in shots:
         values += [shot["answer"], shot["score"]]
     return template.format(*values, prediction)
+
+
+def answer_for_judge(prediction: str, flatten_newlines: bool = True) -> str:
+    """The answer as the judge sees it: stripped and, by default, with every line break made one space.
+
+    The released script wrote each answer on one line (`response.strip().replace('\\n', ' ')`) and read it back
+    stripped, so the paper's judge saw flattened answers. `\\r\\n` and `\\r` count as one line break here (the
+    script would have split such an answer over two lines when reading it back).
+
+    >>> answer_for_judge("  First line.\\r\\nSecond line.\\n")
+    'First line. Second line.'
+    >>> answer_for_judge("First line.\\nSecond line.", flatten_newlines=False)
+    'First line.\\nSecond line.'
+    """
+    text = prediction.strip()
+    return _LINE_BREAK.sub(" ", text) if flatten_newlines else text
 
 
 def parse_rating(reply: str) -> float | None:
@@ -154,10 +173,12 @@ def score_predictions(
     languages: Sequence[str] | None = None,
     n_runs: int = 2,
     seed: int = 42,
+    flatten_newlines: bool = True,
 ) -> dict[str, Any]:
     """Judge every prediction `n_runs` times with shuffled few-shot examples and aggregate the ratings.
 
-    A reply with no parsable rating is asked again (`judge.max_retries` times); if it still has none, that run is
+    The judge sees each prediction as `answer_for_judge(prediction, flatten_newlines)` makes it: stripped, with line
+    breaks made spaces as in the released script (`flatten_newlines=False` keeps them). A reply with no parsable rating is asked again (`judge.max_retries` times); if it still has none, that run is
     reported in `failures` and left out of the means, never scored as 0. Each run's example order is seeded by
     `seed`, the run number and the case's question and reference, so the same case gets the same judge prompts in
     any subset or config (and hits the judge cache).
@@ -165,24 +186,25 @@ def score_predictions(
     Returns:
         The keys of `aggregate_scores` plus `ratings` (per sample, per run), `judge_replies` (per sample, per run),
         `num_failed` and `failures` (one `{"index", "run", "error", "reply"}` per failed judge call), `usage`
-        (see `total_usage`), `judge_model` and `n_runs`.
+        (see `total_usage`), `judge_model`, `n_runs` and `flatten_newlines`.
     """
     count = len(predictions)
     for name, values in (("references", references), ("questions", questions), ("few_shots", few_shots)):
         if len(values) != count:
-            raise ValueError(f"Got {count} predictions but {len(values)} {name}: pass one per prediction.")
+            raise UserInputError(f"Got {count} predictions but {len(values)} {name}: pass one per prediction.")
     if languages is not None and len(languages) != count:
-        raise ValueError(f"Got {count} predictions but {len(languages)} languages: pass one per prediction.")
+        raise UserInputError(f"Got {count} predictions but {len(languages)} languages: pass one per prediction.")
     if n_runs < 1:
-        raise ValueError(f"`n_runs` must be at least 1, got {n_runs}.")
+        raise UserInputError(f"`n_runs` must be at least 1, got {n_runs}.")
     slots = few_shot_slots(judge_template)
     for index, shots in enumerate(few_shots):
         if len(shots) != slots:
-            raise ValueError(
+            raise UserInputError(
                 f"Sample {index} has {len(shots)} few-shot examples but the judge template takes {slots}: pass the "
                 "case's `few_shots` from the same LongBench-Chat release as the template."
             )
     languages = list(languages) if languages is not None else [detect_language(question) for question in questions]
+    answers = [answer_for_judge(prediction, flatten_newlines) for prediction in predictions]
 
     calls = [(run, index) for run in range(n_runs) for index in range(count)]
     messages_list = [
@@ -195,14 +217,19 @@ def score_predictions(
                     questions[index],
                     references[index],
                     few_shots[index],
-                    predictions[index],
+                    answers[index],
                     shuffle_seed=f"{seed}:{run}:{questions[index]}:{references[index]}",
                 ),
             },
         ]
         for run, index in calls
     ]
-    results = judge.complete(messages_list, validate=lambda reply: parse_rating(reply) is not None, desc="judging")
+    results = judge.complete(
+        messages_list,
+        validate=lambda reply: parse_rating(reply) is not None,
+        desc="judging",
+        invalid_reason="no rating [[n]] in it",
+    )
 
     ratings: list[list[float | None]] = [[None] * n_runs for _ in range(count)]
     replies: list[list[str | None]] = [[None] * n_runs for _ in range(count)]
@@ -222,4 +249,5 @@ def score_predictions(
         "usage": total_usage(results),
         "judge_model": judge.model,
         "n_runs": n_runs,
+        "flatten_newlines": flatten_newlines,
     }

@@ -63,13 +63,15 @@ class Request:
     """One request as the responder and the tests see it.
 
     `index` is the arrival order over the server's life; `attempt` counts earlier requests with the same model,
-    messages and sampling options (0 for the first), which scripts "fail, then succeed" per conversation.
+    messages and sampling options (0 for the first), which scripts "fail, then succeed" per conversation. `raw` is the
+    body exactly as it came over the wire, to compare two clients' requests byte for byte.
     """
 
     body: dict[str, Any]
     headers: dict[str, str]
     index: int
     attempt: int
+    raw: bytes = b""
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -127,10 +129,11 @@ class LoopbackServer:
         self._server.server_close()
         self._thread.join()
 
-    def _record(self, body: dict[str, Any], headers: dict[str, str]) -> Request:
+    def _record(self, raw: bytes, headers: dict[str, str]) -> Request:
+        body = json.loads(raw)
         key = json.dumps({k: v for k, v in body.items() if k != "stream"}, sort_keys=True)
         with self._lock:
-            request = Request(body=body, headers=headers, index=len(self.requests), attempt=self._seen[key])
+            request = Request(body=body, headers=headers, index=len(self.requests), attempt=self._seen[key], raw=raw)
             self._seen[key] += 1
             self.requests.append(request)
             self._in_flight += 1
@@ -156,7 +159,7 @@ class LoopbackServer:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, json.dumps({"error": {"message": f"no route {self.path}"}}), {})
                     return
-                request = server._record(json.loads(raw), {k.lower(): v for k, v in self.headers.items()})
+                request = server._record(raw, {k.lower(): v for k, v in self.headers.items()})
                 try:
                     reply = server.responder(request)
                     if isinstance(reply, str):

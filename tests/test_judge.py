@@ -1,11 +1,13 @@
 """JudgeClient against a real OpenAI-compatible server on 127.0.0.1: retries, concurrency, cache, usage, keys."""
 
 import json
+import logging
 import time
 
 import pytest
 from loopback_server import LoopbackServer, Reply
 
+from longalign_hf.errors import UserInputError
 from longalign_hf.judge import JudgeClient, total_usage
 
 
@@ -179,5 +181,32 @@ def test_api_key_is_sent_but_never_written(tmp_path, monkeypatch):
 
 def test_openai_without_a_key_fails_early(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
+    with pytest.raises(UserInputError, match="OPENAI_API_KEY"):
         JudgeClient("gpt-4o-2024-05-13")
+
+
+def test_each_failed_call_is_a_warning_with_its_reason(caplog):
+    def responder(request):
+        return "fine [[5]]" if request.user_content == "question 1" else "no score here"
+
+    with LoopbackServer(responder) as server, caplog.at_level(logging.INFO, logger="longalign_hf.judge"):
+        results = _client(server, max_retries=1).complete(
+            _conversations(3), validate=lambda text: "[[" in text, desc="rating", invalid_reason="no [[n]] in it"
+        )
+    assert [result.error for result in results] == [
+        "invalid reply: no [[n]] in it (gave up after 2 attempts)",
+        None,
+        "invalid reply: no [[n]] in it (gave up after 2 attempts)",
+    ]
+    warnings = sorted(record.getMessage() for record in caplog.records if record.levelno == logging.WARNING)
+    assert warnings == [
+        "rating with loopback-judge: 3 calls, 0 from cache, 2 failed; 5 requests, 10 prompt + 14 completion tokens",
+        "rating with loopback-judge: call 1 of 3 failed: invalid reply: no [[n]] in it (gave up after 2 attempts)",
+        "rating with loopback-judge: call 3 of 3 failed: invalid reply: no [[n]] in it (gave up after 2 attempts)",
+    ]
+
+
+def test_a_batch_without_failures_logs_no_warning(caplog):
+    with LoopbackServer(lambda request: "ok") as server, caplog.at_level(logging.INFO, logger="longalign_hf.judge"):
+        _client(server).complete(_conversations(2))
+    assert [record.levelno for record in caplog.records] == [logging.INFO]

@@ -1,19 +1,26 @@
 """`longalign eval longbench-chat` end to end (tiny model, built fixture dataset, loopback judge) and its parts."""
 
+import argparse
 import importlib.util
 import json
+import logging
 import re
+import socket
+import threading
 from pathlib import Path
 
 import datasets
+import evaluate
 import pytest
 import torch
 from loopback_server import LoopbackServer
 from test_longbench_chat_builder import CASES, write_source
 
 from longalign_hf import cli
-from longalign_hf.evaluation import generate_chat_answers, middle_truncate, truncate_prompts
+from longalign_hf.errors import UserInputError
+from longalign_hf.evaluation import generate_chat_answers, longbench_chat, middle_truncate, truncate_prompts
 from longalign_hf.longbench_chat import JUDGE_SYSTEM_PROMPT
+from longalign_hf.metrics import LONGBENCH_CHAT
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 
 
@@ -37,6 +44,30 @@ def test_truncate_prompts_counts_tokens_not_characters(tokenizer):
     prompts = ["abcdefghij", "four", "ééé"]
     assert truncate_prompts(tokenizer, prompts, 4) == ["abij", "four", "éé"]
     assert truncate_prompts(tokenizer, prompts, None) == prompts
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "你好世界，这是一个很长的上下文。" * 4,
+        "Emoji 😀🎉 and accents é, ü, ñ: " * 4,
+        "混合 text with 😀, 中文 and 𝔘𝔫𝔦𝔠𝔬𝔡𝔢. " * 3,
+    ],
+    ids=["chinese", "emoji-and-accents", "mixed-4-byte"],
+)
+def test_truncation_never_cuts_a_character_in_two(tokenizer, text):
+    # One token per UTF-8 byte: most cuts fall inside a character of 2 to 4 bytes.
+    size = len(text.encode())
+    for max_length in range(1, size):
+        [cut] = truncate_prompts(tokenizer, [text], max_length)
+        assert "\ufffd" not in cut, max_length
+        assert len(cut.encode()) <= max_length
+        # The result is a head of the text and a tail of it, each short of its half by less than one character.
+        splits = [k for k in range(len(cut) + 1) if text.startswith(cut[:k]) and text.endswith(cut[k:])]
+        assert any(
+            len(cut[:k].encode()) > max_length // 2 - 4 and len(cut[k:].encode()) > max_length - max_length // 2 - 4
+            for k in splits
+        ), (max_length, cut)
 
 
 def test_answers_go_through_the_chat_template(tokenizer):
@@ -103,10 +134,27 @@ def judge_or_answer(request):
     return "A served answer\nover two lines."
 
 
+def run_command(argv):
+    """`longalign eval longbench-chat ARGV` through the command's own parser: a user error raises as it is."""
+    parser = argparse.ArgumentParser()
+    longbench_chat.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["longbench-chat", *argv])
+    return args.func(args)
+
+
+def _argv(model, dataset_dir, server, output_dir, *extra):
+    argv = ["--model", str(model), "--dataset", str(dataset_dir), "--limit", "2", "--max-new-tokens", "8"]
+    argv += ["--judge-model", "loopback-judge", "--judge-base-url", server.base_url]
+    return [*argv, "--output-dir", str(output_dir), *extra]
+
+
 def _eval(model, dataset_dir, server, output_dir, *extra):
-    argv = ["eval", "longbench-chat", "--model", str(model), "--dataset", str(dataset_dir), "--limit", "2"]
-    argv += ["--max-new-tokens", "8", "--judge-model", "loopback-judge", "--judge-base-url", server.base_url]
-    return cli.main([*argv, "--output-dir", str(output_dir), *extra])
+    return run_command(_argv(model, dataset_dir, server, output_dir, *extra))
+
+
+def _served(server, model_dir):
+    """Options that read the answers from the loopback server (fast: no model runs)."""
+    return ["--generation-base-url", server.base_url, "--tokenizer", str(model_dir)]
 
 
 def _judged_answers(requests):
@@ -117,7 +165,7 @@ def _judged_answers(requests):
 def test_eval_end_to_end_with_the_tiny_model(model_dir, dataset_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     with LoopbackServer(judge_or_answer) as server:
-        assert _eval(model_dir, dataset_dir, server, out) == 0
+        assert cli.main(["eval", "longbench-chat", *_argv(model_dir, dataset_dir, server, out)]) == 0
         assert len(server.requests) == 4  # 2 cases x 2 judge runs
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
@@ -130,16 +178,34 @@ def test_eval_end_to_end_with_the_tiny_model(model_dir, dataset_dir, tmp_path, c
         "max_new_tokens": 8,
         "temperature": 1.0,
         "seed": 42,
+    }
+    assert results["judge_settings"] == {
+        "base_url": server.base_url,
+        "temperature": 0.0,
+        "n_runs": 2,
         "flatten_newlines": True,
     }
+    assert (results["num_unscored"], results["num_partly_scored"]) == (0, 0)
     assert [case["idx"] for case in results["cases"]] == [1, 2]
     assert results["cases"][0]["ratings"] == [6.0, 6.0]
     saved = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["idx"] for line in saved] == [1, 2]
     assert [line["prediction"] for line in saved] == [case["prediction"] for case in results["cases"]]
     summary = (out / "summary.md").read_text(encoding="utf-8")
-    assert "| 6.00 |" in summary and "loopback-judge x2" in summary
+    assert summary.startswith("| model | score (1-10) | en (1-10) | zh (1-10) | cases scored |")
+    assert "| 6.00 |" in summary and "| 2/2 |" in summary and "loopback-judge x2" in summary
+    assert "means of the judge's 1-10 ratings" in summary and "Incomplete" not in summary
     assert summary.strip() in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text(encoding="utf-8")) == {
+        "model": str(model_dir),
+        "tokenizer": None,
+        "dataset": str(dataset_dir.resolve()),
+        "generation": "transformers",
+        "max_length": 64000,
+        "max_new_tokens": 8,
+        "temperature": 1.0,
+        "seed": 42,
+    }
 
 
 def test_eval_resumes_from_saved_predictions_and_cached_judgements(model_dir, dataset_dir, tmp_path):
@@ -164,7 +230,7 @@ def test_eval_refuses_predictions_of_another_model(model_dir, dataset_dir, tmp_p
     (out / "predictions.jsonl").write_text(json.dumps({"idx": 1, "model": "other", "prediction": "x"}) + "\n")
     with (
         LoopbackServer(judge_or_answer) as server,
-        pytest.raises(ValueError, match="line 1 holds an answer of 'other'"),
+        pytest.raises(UserInputError, match="line 1 holds an answer of 'other'"),
     ):
         _eval(model_dir, dataset_dir, server, out)
 
@@ -191,9 +257,9 @@ def test_eval_reads_answers_from_a_generation_server(model_dir, dataset_dir, tmp
 def test_eval_without_judge_key_fails_before_generating(model_dir, dataset_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     out = tmp_path / "eval"
-    argv = ["eval", "longbench-chat", "--model", str(model_dir), "--dataset", str(dataset_dir)]
-    with pytest.raises(ValueError, match="OPENAI_API_KEY"):
-        cli.main([*argv, "--output-dir", str(out)])
+    argv = ["--model", str(model_dir), "--dataset", str(dataset_dir)]
+    with pytest.raises(UserInputError, match="OPENAI_API_KEY"):
+        run_command([*argv, "--output-dir", str(out)])
     assert not out.exists()
 
 
@@ -206,9 +272,205 @@ def test_benchmark_tables_several_models_without_keys(model_dir, dataset_dir, tm
         argv = ["--models", "served-a", "served-b", "--dataset", str(dataset_dir), "--limit", "1"]
         argv += ["--generation-base-url", server.base_url, "--tokenizer", str(model_dir)]
         argv += ["--judge-base-url", server.base_url, "--judge-api-key", "sk-do-not-write"]
-        module.main([*argv, "--output-dir", str(tmp_path / "runs")])
+        assert module.main([*argv, "--output-dir", str(tmp_path / "runs")]) == 0
     summary = (tmp_path / "runs" / "summary.md").read_text(encoding="utf-8")
     rows = [line for line in summary.splitlines() if line.startswith("| served-")]
     assert [row.split(" | ")[:2] for row in rows] == [["| served-a", "6.00"], ["| served-b", "6.00"]]
     assert "--judge-api-key '***'" in summary and "sk-do-not-write" not in summary
     assert (tmp_path / "runs" / "served-b" / "results.json").exists()
+
+
+def _closed_port_url():
+    """The URL of a port nothing listens on: every request to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_an_unreachable_judge_is_warned_about_counted_and_fails_the_command(
+    model_dir, dataset_dir, tmp_path, capsys, caplog
+):
+    out = tmp_path / "eval"
+    with LoopbackServer(judge_or_answer) as server:
+        argv = _argv(model_dir, dataset_dir, server, out, *_served(server, model_dir))
+        argv[argv.index("--judge-base-url") + 1] = _closed_port_url()
+        with caplog.at_level(logging.INFO):
+            assert run_command([*argv, "--judge-max-retries", "0"]) == 1
+
+    failed_calls = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.WARNING
+        and re.search(r"judging with loopback-judge: call \d of 4 failed", record.getMessage())
+    ]
+    assert len(failed_calls) == 4  # 2 cases x 2 judge runs, each a warning
+    assert "APIConnectionError" in failed_calls[0].getMessage()
+    assert any(
+        record.levelno == logging.ERROR and "2 of 2 cases have no score" in record.getMessage()
+        for record in caplog.records
+    )
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert results["score"] is None and results["num_failed"] == 4
+    assert (results["num_scored"], results["num_unscored"], results["num_partly_scored"]) == (0, 2, 0)
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert "**Incomplete:** " + str(model_dir) + ": 2 of 2 cases have no score (4 judge calls failed" in summary
+    assert summary.strip() in capsys.readouterr().out
+
+    # The answers are kept; with --allow-incomplete the same result exits 0.
+    with LoopbackServer(judge_or_answer) as server:
+        argv = _argv(model_dir, dataset_dir, server, out, *_served(server, model_dir))
+        argv[argv.index("--judge-base-url") + 1] = _closed_port_url()
+        assert run_command([*argv, "--judge-max-retries", "0", "--allow-incomplete"]) == 0
+        assert not [r for r in server.requests if r.body["model"] == str(model_dir)]  # nothing generated again
+
+
+def test_a_case_rated_in_fewer_judge_runs_makes_the_run_incomplete(model_dir, dataset_dir, tmp_path):
+    rated, lock = set(), threading.Lock()
+
+    def first_run_only(request):
+        """Rates the first request for each question and refuses to rate any other."""
+        if request.messages[0]["content"] != JUDGE_SYSTEM_PROMPT:
+            return "An answer."
+        question = re.search(r"\[Question\]\n(.*)\n", request.user_content).group(1)
+        with lock:
+            first = question not in rated
+            rated.add(question)
+        return "[[8]]" if first else "No rating from me."
+
+    out = tmp_path / "eval"
+    with LoopbackServer(first_run_only) as server:
+        argv = _argv(model_dir, dataset_dir, server, out, *_served(server, model_dir), "--judge-max-retries", "0")
+        assert run_command(argv) == 1
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [case["score"] for case in results["cases"]] == [8.0, 8.0]
+    assert (results["num_unscored"], results["num_partly_scored"], results["num_failed"]) == (0, 2, 2)
+    assert all("invalid reply: no rating [[n]] in it" in failure["error"] for failure in results["failures"])
+    assert "2 were rated in fewer than 2 judge runs" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_a_rerun_with_other_generation_settings_is_refused(model_dir, dataset_dir, tmp_path):
+    out = tmp_path / "eval"
+    with LoopbackServer(judge_or_answer) as server:
+        argv = _argv(model_dir, dataset_dir, server, out, *_served(server, model_dir))
+        assert run_command(argv) == 0
+        answers = (out / "predictions.jsonl").read_text(encoding="utf-8")
+        count = len(server.requests)
+        shorter = argv[:]
+        shorter[shorter.index("--max-new-tokens") + 1] = "4"
+        with pytest.raises(UserInputError, match=r"other settings \(max_new_tokens: 8 -> 4\).*another --output-dir"):
+            run_command(shorter)
+        with pytest.raises(UserInputError, match=r"generation: 'server' -> 'transformers'"):
+            run_command(_argv(model_dir, dataset_dir, server, out))
+        assert len(server.requests) == count  # refused before any request
+        assert (out / "predictions.jsonl").read_text(encoding="utf-8") == answers
+        # The same settings resume; another folder takes the new ones.
+        assert run_command(argv) == 0
+        shorter[shorter.index("--output-dir") + 1] = str(tmp_path / "short")
+        assert run_command(shorter) == 0
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["generation"]["max_new_tokens"] == 8
+    assert json.loads((tmp_path / "short" / "run.json").read_text(encoding="utf-8"))["max_new_tokens"] == 4
+
+
+def _write_parquet(folder, columns):
+    folder.mkdir(parents=True)
+    datasets.Dataset.from_dict(columns).to_parquet(str(folder / "train-00000-of-00001.parquet"))
+
+
+def test_a_data_set_that_is_not_longbench_chat_is_refused_with_what_it_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    sft = tmp_path / "sft"  # the layout of `longalign data build sft --out DIR`
+    _write_parquet(sft / "data", {"messages": [[{"role": "user", "content": "hi"}]], "source": ["short"]})
+    out = tmp_path / "eval"
+    argv = ["--model", "m", "--judge-model", "j", "--judge-base-url", _closed_port_url(), "--output-dir", str(out)]
+    with pytest.raises(UserInputError) as error:
+        run_command([*argv, "--dataset", str(sft)])
+    assert str(error.value) == (
+        f"--dataset {sft} is not a LongBench-Chat data set: it has configs ['default']; config 'default' has splits "
+        "['train'] and columns ['messages', 'source'], but LongBench-Chat has configs all, en and zh with a test "
+        "split; build one with `longalign data build longbench-chat --out DIR` and pass --dataset DIR (or the Hub id "
+        "it was pushed to)"
+    )
+
+    columns = tmp_path / "columns"  # the right config and split, the wrong columns
+    _write_parquet(columns / "all", {"idx": [1], "query": ["q"], "prompt": ["p"]})
+    (columns / "README.md").write_text(
+        "---\nconfigs:\n- config_name: all\n  data_files:\n  - split: test\n    path: all/*.parquet\n---\n"
+    )
+    with pytest.raises(
+        UserInputError, match=r"has columns \['idx', 'prompt', 'query'\].*missing \['answer', 'few_shots'"
+    ):
+        run_command([*argv, "--dataset", str(columns)])
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.json").write_text("{}")
+    for dataset, message in [
+        (tmp_path / "empty", "holds no data set"),
+        (tmp_path / "file.json", "is a file, not a data set folder"),
+        (tmp_path / "missing", "no such folder"),
+        ("./missing", "no such folder"),
+    ]:
+        with pytest.raises(UserInputError, match=message) as error:
+            run_command([*argv, "--dataset", str(dataset)])
+        assert "longalign data build longbench-chat --out DIR" in str(error.value)
+    assert not out.exists()  # nothing is written before the inputs are checked
+
+
+def test_bad_saved_predictions_name_the_file_and_line(model_dir, dataset_dir, tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    path = out / "predictions.jsonl"
+    good = json.dumps({"idx": 1, "model": str(model_dir), "prediction": "x"})
+    with LoopbackServer(judge_or_answer) as server:
+        path.write_text(good + "\n{not json\n" + good + "\n", encoding="utf-8")
+        with pytest.raises(UserInputError, match=rf"^{re.escape(str(path))}, line 2: not valid JSON"):
+            _eval(model_dir, dataset_dir, server, out)
+        path.write_text(json.dumps({"idx": 1, "answer": "x"}) + "\n", encoding="utf-8")
+        with pytest.raises(UserInputError, match=r"line 1: not a saved answer .*fix or delete that line"):
+            _eval(model_dir, dataset_dir, server, out)
+        assert not server.requests
+
+
+def test_the_metric_and_the_command_send_identical_judge_requests(model_dir, dataset_dir, tmp_path):
+    """One code path decides what the judge sees: the same answers give byte-identical requests from both."""
+
+    def is_judge(request):
+        return request.messages[0]["content"] == JUDGE_SYSTEM_PROMPT
+
+    with LoopbackServer(judge_or_answer) as server:
+        run_command(_argv("served-model", dataset_dir, server, tmp_path / "eval", *_served(server, model_dir)))
+        from_command = sorted(request.raw for request in server.requests if is_judge(request))
+    results = json.loads((tmp_path / "eval" / "results.json").read_text(encoding="utf-8"))
+    answers = [case["prediction"] for case in results["cases"]]
+    assert answers == ["A served answer\nover two lines."] * 2  # saved as given, line break and all
+
+    cases = datasets.load_dataset(str(dataset_dir), "all", split="test").select(range(2))
+    metric = evaluate.load(LONGBENCH_CHAT, keep_in_memory=True)
+    with LoopbackServer(judge_or_answer) as server:
+        scores = metric.compute(
+            predictions=answers,
+            references=cases["answer"],
+            questions=cases["query"],
+            few_shots=cases["few_shots"],
+            judge_template=cases[0]["judge_template"],
+            languages=cases["language"],
+            judge={"model": "loopback-judge", "base_url": server.base_url},
+        )
+        from_metric = sorted(request.raw for request in server.requests)
+
+    assert len(from_command) == 4 and from_metric == from_command
+    assert all(b"A served answer over two lines." in raw for raw in from_metric)  # flattened, as the paper's judge saw
+    assert scores["score"] == results["score"] == 6.0
+
+
+def test_a_model_folder_that_does_not_exist_is_a_user_error_that_writes_nothing(dataset_dir, tmp_path):
+    out = tmp_path / "eval"
+    with LoopbackServer(judge_or_answer) as server:
+        with pytest.raises(UserInputError) as error:
+            run_command(_argv(tmp_path / "no-model", dataset_dir, server, out))
+        assert not server.requests
+    assert str(error.value) == (
+        f"Cannot load a tokenizer from '{tmp_path / 'no-model'}' (no such folder): pass a model folder or a Hub id "
+        "that has one, with --model (or --tokenizer)"
+    )
+    assert not out.exists()

@@ -14,6 +14,7 @@ from test_longbench_chat_builder import CASES, FEW_SHOTS, TEMPLATE
 from longalign_hf.longbench_chat import (
     JUDGE_SYSTEM_PROMPT,
     aggregate_scores,
+    answer_for_judge,
     build_judge_prompt,
     detect_language,
     few_shot_slots,
@@ -51,6 +52,33 @@ def test_judge_prompt_shuffle_is_seeded_and_keeps_answers_with_their_scores():
         assert sorted(shown) == sorted((shot["answer"], str(shot["score"])) for shot in SHOTS)
         orders.add(tuple(shown))
     assert len(orders) > 2  # the order really changes with the seed
+
+
+@pytest.mark.parametrize(
+    ("prediction", "flattened"),
+    [
+        ("One line.", "One line."),
+        ("  First.\nSecond.\n\nThird.  ", "First. Second.  Third."),  # one space per line break, as the script
+        ("Windows\r\nline and old Mac\rline", "Windows line and old Mac line"),
+        ("\n", ""),
+    ],
+)
+def test_answers_are_flattened_for_the_judge_as_the_released_script_did(prediction, flattened):
+    # The script: `response.strip().replace("\n", " ")`, written as one line, read back with `line.strip()`.
+    assert answer_for_judge(prediction) == flattened
+    assert answer_for_judge(prediction, flatten_newlines=False) == prediction.strip()
+
+
+def test_metric_can_keep_newlines_for_the_judge():
+    metric = evaluate.load(LONGBENCH_CHAT, keep_in_memory=True)
+    with LoopbackServer(lambda request: "[[5]]") as server:
+        inputs = _inputs({"model": "judge-x", "base_url": server.base_url})
+        inputs["predictions"] = ["two\nlines", "x", "y"]
+        kept = metric.compute(**inputs, n_runs=1, flatten_newlines=False)
+        flat = metric.compute(**inputs, n_runs=1)
+        shown = [re.search(r"\[Answer\]\n(.*)\nRating: $", r.user_content, re.S).group(1) for r in server.requests]
+    assert "two\nlines" in shown[:3] and "two lines" in shown[3:]
+    assert (kept["flatten_newlines"], flat["flatten_newlines"]) == (False, True)
 
 
 @pytest.mark.parametrize(

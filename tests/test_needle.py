@@ -1,6 +1,8 @@
 """`longalign eval needle`: prompt construction, scoring, resume, the judge score and the command end to end."""
 
+import argparse
 import json
+import logging
 import re
 import shutil
 
@@ -12,9 +14,12 @@ from transformers import PreTrainedTokenizerFast
 
 import longalign_hf.evaluation.needle as needle
 from longalign_hf import cli
+from longalign_hf.errors import UserInputError
 from longalign_hf.evaluation.needle import (
+    DEPTH_TOLERANCE,
     PAPER_KEY_FACTS,
     PAPER_NEEDLE,
+    PAPER_QUESTION,
     PAPER_TEMPLATE,
     Haystack,
     build_needle_prompt,
@@ -75,18 +80,24 @@ def chat_tokens(tokenizer, prompt):
     return count_tokens(tokenizer, text)
 
 
-@pytest.mark.parametrize("depth", [0, 10, 33, 50, 77, 90, 100])
-def test_the_needle_sits_at_the_last_sentence_boundary_before_the_depth(tokenizer_and_haystack, depth):
-    tokenizer, haystack = tokenizer_and_haystack
-    probe = build_needle_prompt(tokenizer, haystack, length=3000, depth=depth)
+def split_at_needle(prompt):
+    """The haystack text before and after the paper's needle (and the space that follows it) in a single prompt."""
     head, tail = PAPER_TEMPLATE.split("{context}")
-    tail = tail.format(question=probe.query)
-    assert probe.prompt.startswith(head) and probe.prompt.endswith(tail)
-    context = probe.prompt[len(head) : -len(tail)]
+    tail = tail.format(question=PAPER_QUESTION)
+    assert prompt.startswith(head) and prompt.endswith(tail)
+    context = prompt[len(head) : -len(tail)]
     assert context.count(PAPER_NEEDLE) == 1
     before, after = context.split(PAPER_NEEDLE)
     assert after == "" or after.startswith(" ")
-    haystack_text = before + after[1:]  # the haystack as it was, without the needle and its space
+    return before, after[1:]
+
+
+@pytest.mark.parametrize("depth", [0, 10, 33, 50, 77, 90, 100])
+def test_the_needle_sits_at_the_sentence_boundary_nearest_the_depth(tokenizer_and_haystack, depth):
+    tokenizer, haystack = tokenizer_and_haystack
+    probe = build_needle_prompt(tokenizer, haystack, length=3000, depth=depth)
+    before, after = split_at_needle(probe.prompt)
+    haystack_text = before + after  # the haystack as it was, without the needle and its space
 
     position = count_tokens(tokenizer, before)
     total = count_tokens(tokenizer, haystack_text)
@@ -97,16 +108,47 @@ def test_the_needle_sits_at_the_last_sentence_boundary_before_the_depth(tokenize
         assert before == ""
     if depth == 100:
         assert after == ""
-    # ...at or before the target depth, with no sentence boundary between it and the target (2 tokens of slack for
-    # the tokens that merge differently at the needle's edges).
-    assert position <= target + 2
+    # ...and no sentence boundary is nearer the target (2 tokens of slack for the tokens that merge differently at
+    # the needle's edges).
     for match in SENTENCE_END.finditer(haystack_text):
         boundary = count_tokens(tokenizer, haystack_text[: match.end()])
-        assert not position + 2 < boundary <= target - 2, (position, boundary, target)
-    # The recorded depth is the one reached.
+        assert abs(position - target) <= abs(boundary - target) + 2, (position, boundary, target)
+    # The recorded depth is the one reached, and it is within the stated tolerance of the asked one.
     assert probe.needle_depths[0] == pytest.approx(100 * position / total, abs=1.0)
-    if 10 <= depth < 100:  # a 3000-token haystack has sentences of a few dozen tokens: the needle is near its depth
-        assert 0 < depth - probe.needle_depths[0] < 10
+    assert abs(probe.needle_depths[0] - depth) <= DEPTH_TOLERANCE
+    assert abs(100 * position / total - depth) <= DEPTH_TOLERANCE + 0.5
+
+
+@pytest.mark.parametrize(
+    ("kind", "length"),
+    [("bpe", 512), ("bpe", 1024), ("bpe", 2048), ("bpe", 4096), ("bpe", 8192), ("bytes", 768), ("bytes", 2048)],
+)
+def test_the_needle_lands_within_the_stated_tolerance_at_every_length_and_depth(bpe_tokenizer, kind, length, caplog):
+    # The module docstring's promise for the built-in haystack: within DEPTH_TOLERANCE at every depth, from 512 tokens
+    # for a tokenizer of about 3.6 characters per token (as real ones), from 768 with one token per byte. Measured on
+    # the finished prompt, not taken from the record.
+    tokenizer = bpe_tokenizer if kind == "bpe" else build_byte_tokenizer()
+    haystack = Haystack(load_haystack(), tokenizer, min_tokens=length + needle._HAYSTACK_MARGIN)
+    for depth in (0, 5, 10, 25, 33, 50, 67, 75, 90, 95, 100):
+        probe = build_needle_prompt(tokenizer, haystack, length=length, depth=depth)
+        before, after = split_at_needle(probe.prompt)
+        measured = 100 * count_tokens(tokenizer, before) / count_tokens(tokenizer, before + after)
+        assert abs(measured - depth) <= DEPTH_TOLERANCE + 0.5, (length, depth, measured)
+        assert abs(probe.needle_depths[0] - depth) <= DEPTH_TOLERANCE, (length, depth, probe.needle_depths)
+        assert abs(probe.prompt_tokens - length) <= 3
+    assert "sits at depth" not in caplog.text  # no needle was reported off its depth
+
+
+def test_a_needle_that_cannot_come_near_its_depth_is_reported_and_drawn_where_it_is(tokenizer, tmp_path, caplog):
+    # One token per byte and sentences of up to 300 characters: a 512-token prompt holds a few long sentences, so
+    # 50% may be out of reach. The depth reached is recorded, warned about and shown in the heatmap.
+    haystack = Haystack(load_haystack(), tokenizer, min_tokens=3000)
+    probe = build_needle_prompt(tokenizer, haystack, length=512, depth=50)
+    before, after = split_at_needle(probe.prompt)
+    reached = 100 * len(before.encode()) / len((before + after).encode())
+    assert probe.needle_depths[0] == pytest.approx(reached, abs=0.5)
+    assert abs(reached - 50) > DEPTH_TOLERANCE
+    assert f"sits at depth {probe.needle_depths[0]:.1f}%, not 50%" in caplog.text
 
 
 @pytest.mark.parametrize("probe", ["single", "multikey", "multivalue"])
@@ -322,6 +364,8 @@ def test_the_command_writes_results_heatmaps_and_summary(model_dir, tmp_path, ca
         {"length": 5000, "reason": "5000 prompt + 2 new tokens exceed the model's 4096-token window"}
     ]
     assert set(results["scores"]) == {"single", "multivalue"}
+    assert (results["num_unscored"], results["heatmaps_skipped"], results["depth_tolerance"]) == (0, [], 2.0)
+    assert results["num_off_depth"] == sum(abs(r["needle_depths"][0] - r["depth"]) > 2.0 for r in results["records"])
     assert len((out / "needle.jsonl").read_text(encoding="utf-8").splitlines()) == 8
     for probe in ("single", "multivalue"):
         image = matplotlib.image.imread(out / f"heatmap_{probe}.png")
@@ -329,3 +373,107 @@ def test_the_command_writes_results_heatmaps_and_summary(model_dir, tmp_path, ca
     summary = capsys.readouterr().out
     assert "| probe | mean | 800 | 1000 |" in summary and "| single |" in summary and "| multivalue |" in summary
     assert (out / "summary.md").read_text(encoding="utf-8").startswith("| probe | mean | 800 | 1000 |")
+
+
+def run_command(argv):
+    """`longalign eval needle ARGV` through the command's own parser: a user error raises as it is."""
+    parser = argparse.ArgumentParser()
+    needle.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["needle", *argv])
+    return args.func(args)
+
+
+def _needle_argv(model_dir, out, *extra):
+    argv = ["--model", str(model_dir), "--lengths", "700", "--depths", "0,100", "--max-new-tokens", "2"]
+    return [*argv, "--output-dir", str(out), *extra]
+
+
+def test_a_judge_that_never_rates_costs_only_its_own_heatmap_and_fails_the_command(model_dir, tmp_path, caplog):
+    out = tmp_path / "needle"
+    with LoopbackServer(lambda request: "I would rather not rate this.") as server:
+        argv = _needle_argv(model_dir, out, "--judge-model", "loopback-judge", "--judge-base-url", server.base_url)
+        with caplog.at_level(logging.INFO):
+            assert run_command(argv) == 1
+        assert len(server.requests) == 2 * 6  # each answer asked 1 + 5 times
+        failed = [
+            r for r in caplog.records if r.levelno == logging.WARNING and "judging needles with" in r.getMessage()
+        ]
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        assert run_command([*argv, "--allow-incomplete"]) == 0
+
+    assert results["num_unscored"] == 2 and results["judge_scores"]["single"]["mean"] is None
+    assert [record["judge_rating"] for record in results["records"]] == [None, None]
+    assert results["heatmaps_skipped"] == ["heatmap_single_judge.png"]
+    assert matplotlib.image.imread(out / "heatmap_single.png").ndim == 3
+    assert not (out / "heatmap_single_judge.png").exists()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert (
+        f"**Incomplete:** {model_dir}: 2 of 2 single-needle answers have no rating from the judge loopback-judge"
+        in (summary)
+    )
+    assert "heatmap_single_judge.png not drawn" in summary
+    assert len(failed) == 3  # one per failed call, then the tally
+    assert "invalid reply: no rating [[n]] in it (gave up after 6 attempts)" in failed[0].getMessage()
+
+
+def test_a_run_that_fails_validation_writes_nothing_and_the_corrected_rerun_runs(model_dir, tmp_path):
+    out = tmp_path / "needle"
+    with pytest.raises(
+        UserInputError, match=r"^--haystack-dir \S+missing does not exist: pass a folder of .txt files"
+    ):
+        run_command(_needle_argv(model_dir, out, "--haystack-dir", str(tmp_path / "missing")))
+    assert not out.exists()
+    with pytest.raises(UserInputError, match=r"ask for --lengths over \d+"):
+        run_command(_needle_argv(model_dir, out, "--lengths", "40"))
+    assert not out.exists()
+    with pytest.raises(UserInputError, match="Every length is over the model's 4096-token window"):
+        run_command(_needle_argv(model_dir, out, "--lengths", "5000"))
+    assert not out.exists()
+    assert run_command(_needle_argv(model_dir, out)) == 0
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["haystack"] == "pydoc_data.topics"
+
+
+def test_bad_saved_records_name_the_file_and_line(finished_run, tiny_chat_model, tokenizer, tmp_path):
+    output_dir = tmp_path / "run"
+    shutil.copytree(finished_run[0], output_dir)
+    path = output_dir / "needle.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join([lines[0], '{"probe": "single"}', *lines[1:]]) + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match=rf"^{re.escape(str(path))}, line 2: not a needle record"):
+        _run(tiny_chat_model, tokenizer, output_dir)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-new-tokens", "0"], "argument --max-new-tokens: '0' is not a whole number of at least 1"),
+        (["--lengths", "1k,x"], "is not a list of lengths"),
+        (["--probes", "single,nope"], "Unknown probes"),
+    ],
+)
+def test_bad_flag_values_are_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(["--model", "m", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_heatmap_shows_where_a_needle_went_when_it_is_off_its_row(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from longalign_hf.evaluation.heatmap import plot_heatmap
+
+    records = [
+        {"length": 1000, "depth": 50.0, "needle_depths": [50.5], "score": 1.0},
+        {"length": 512, "depth": 75.0, "needle_depths": [57.7], "score": 0.0},
+    ]
+    texts = []
+    original = matplotlib.axes.Axes.text
+
+    def recording_text(self, x, y, text, *args, **kwargs):
+        texts.append(text)
+        return original(self, x, y, text, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "text", recording_text)
+    plot_heatmap(records, tmp_path / "map.png", depth_tolerance=DEPTH_TOLERANCE)
+    assert sorted(texts) == ["0 @58%", "1"]  # 50.5 is within the tolerance of 50; 57.7 is not of 75
+    assert matplotlib.image.imread(tmp_path / "map.png").ndim == 3

@@ -6,21 +6,31 @@ LongBench-Chat script hard-codes a few formats and uses none for other models, w
 prompt longer than the window is cut in the middle, keeping its first and last halves (the question is at the end).
 
 `generate_chat_answers` runs a `transformers` model; `request_chat_answers` asks an OpenAI-compatible server
-(e.g. `vllm serve`) that applies the chat template itself.
+(e.g. `vllm serve`) that applies the chat template itself. `torch` and `transformers` are imported by the functions
+that use them, so the `longalign` command can import this module and answer `--help` at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from longalign_hf.errors import UserInputError
+from longalign_hf.evaluation.run_folder import looks_like_a_path, one_line
 
-from longalign_hf.judge import JudgeClient
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from longalign_hf.judge import JudgeClient
 
 logger = logging.getLogger(__name__)
+
+# How far (in tokens) a cut may move to fall between two whole characters: a UTF-8 character is at most 4 bytes, and
+# byte-level tokens may straddle characters, so a few more.
+_SEAM_SEARCH = 8
+_REPLACEMENT = "\ufffd"
 
 
 def middle_truncate(token_ids: Sequence[int], max_length: int) -> list[int]:
@@ -43,7 +53,11 @@ def truncate_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
     """Cut every prompt longer than `max_length` tokens (counted without special tokens) in the middle, as the paper.
 
     The limit applies to the user message alone, before the chat template adds its tokens (the paper's 64,000 for
-    a 64k model leaves room for the template and the answer). `None` keeps prompts whole.
+    a 64k model leaves room for the template and the answer). `None` keeps prompts whole. The seam falls between two
+    whole characters: where `middle_truncate`'s cut would split a character over two tokens (a byte-level tokenizer
+    and Chinese or emoji text), the head ends and the tail starts at the nearest token boundary inside the kept
+    halves that decodes cleanly, so no replacement character (U+FFFD) appears and at most `max_length` tokens are
+    kept.
     """
     if max_length is None:
         return list(prompts)
@@ -52,15 +66,68 @@ def truncate_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
         token_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(token_ids) > max_length:
             logger.info("Prompt of %d tokens cut in the middle to %d tokens.", len(token_ids), max_length)
-            prompt = tokenizer.decode(middle_truncate(token_ids, max_length), skip_special_tokens=True)
+            head, tail = _clean_seam(
+                tokenizer, token_ids, max_length // 2, len(token_ids) - (max_length - max_length // 2)
+            )
+            prompt = tokenizer.decode(list(token_ids[:head]) + list(token_ids[tail:]), skip_special_tokens=True)
         truncated.append(prompt)
     return truncated
+
+
+def _clean_seam(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], head: int, tail: int) -> tuple[int, int]:
+    """Move the end of the head back and the start of the tail forward until neither cuts a character in two.
+
+    A cut inside a character shows as a replacement character at the end of the decoded head or the start of the
+    decoded tail. Each side moves at most `_SEAM_SEARCH` tokens; if no clean cut lies that close, it stays put.
+    """
+
+    def head_is_cut(end: int) -> bool:
+        return end > 0 and tokenizer.decode(token_ids[max(0, end - _SEAM_SEARCH) : end]).endswith(_REPLACEMENT)
+
+    def tail_is_cut(start: int) -> bool:
+        return start < len(token_ids) and tokenizer.decode(token_ids[start : start + _SEAM_SEARCH]).startswith(
+            _REPLACEMENT
+        )
+
+    clean_head = next((end for end in range(head, max(head - _SEAM_SEARCH, 0) - 1, -1) if not head_is_cut(end)), head)
+    clean_tail = next(
+        (start for start in range(tail, min(tail + _SEAM_SEARCH, len(token_ids)) + 1) if not tail_is_cut(start)), tail
+    )
+    return clean_head, clean_tail
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as error:
+        raise _cannot_load("a tokenizer", name_or_path, error) from None
+
+
+def load_model_config(name_or_path: str) -> PretrainedConfig:
+    """`AutoConfig.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except OSError as error:
+        raise _cannot_load("a model config", name_or_path, error) from None
+
+
+def _cannot_load(what: str, name_or_path: str, error: OSError) -> UserInputError:
+    missing = looks_like_a_path(name_or_path) and not Path(name_or_path).expanduser().exists()
+    return UserInputError(
+        f"Cannot load {what} from {name_or_path!r} ({'no such folder' if missing else one_line(error)}): pass a model "
+        "folder or a Hub id that has one, with --model (or --tokenizer)"
+    )
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     """`prompt` as one user turn through the model's chat template, ending with the generation prompt."""
     if tokenizer.chat_template is None:
-        raise ValueError(
+        raise UserInputError(
             f"The tokenizer of {tokenizer.name_or_path!r} has no chat template. Long-context evaluations must see the "
             "model's own chat format: use a chat/instruct model, or set `tokenizer.chat_template`."
         )
@@ -69,7 +136,6 @@ def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     )
 
 
-@torch.no_grad()
 def generate_chat_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -101,8 +167,12 @@ def generate_chat_answers(
     Returns:
         The answers (special tokens removed, surrounding whitespace stripped), in the order of `prompts`.
     """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import set_seed
+
     if batch_size < 1:
-        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+        raise UserInputError(f"`batch_size` must be at least 1, got {batch_size}.")
     texts = [chat_text(tokenizer, prompt) for prompt in truncate_prompts(tokenizer, prompts, max_length)]
     if tokenizer.pad_token is None:  # only batches of more than one need it; the EOS token is masked out anyway
         logger.info("The tokenizer has no padding token: padding with its EOS token %r.", tokenizer.eos_token)
@@ -117,9 +187,10 @@ def generate_chat_answers(
                 batch, add_special_tokens=False, padding=True, padding_side="left", return_tensors="pt"
             ).to(model.device)
             set_seed(seed)
-            output = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
-            )
+            with torch.no_grad():
+                output = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+                )
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             for offset, answer in enumerate(tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers.append(answer.strip())
@@ -139,7 +210,8 @@ def request_chat_answers(
 
     Truncate the prompts first with `truncate_prompts` and the model's tokenizer. Sampling settings (temperature,
     `max_tokens`, seed) are the client's. Returns the stripped answers, `None` where the server failed after its
-    retries (the error is logged); `on_answer(index, answer)` is called for each answer as it arrives.
+    retries (the client logs each failure as a warning); `on_answer(index, answer)` is called for each answer as it
+    arrives.
     """
     results = client.complete(
         [[{"role": "user", "content": prompt}] for prompt in prompts],
@@ -148,7 +220,4 @@ def request_chat_answers(
             on_answer(index, result.text.strip()) if on_answer is not None and result.error is None else None
         ),
     )
-    for index, result in enumerate(results):
-        if result.error is not None:
-            logger.error("No answer for prompt %d from %s: %s", index, client.model, result.error)
     return [result.text.strip() if result.error is None else None for result in results]

@@ -2,7 +2,8 @@
 
 Depth (% of the haystack) runs down the y axis from 0 at the top, context length (tokens) along the x axis, and the
 colour is the score, from red (0) through yellow to green (1), the colours of the LongAlign release's `vis.py`.
-A cell with no record (a skipped length, a run still in progress) is left grey.
+A cell with no record (a skipped length, a run still in progress) is left grey. Rows are the asked depths; where a
+needle could not be put near its asked depth, the cell says where it went.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ def plot_heatmap(
     value_key: str = "score",
     vmin: float = 0.0,
     vmax: float = 1.0,
+    depth_tolerance: float | None = None,
 ) -> Path:
     """Draw `records` (each with `length`, `depth` and `value_key`) as a depth x length heatmap PNG at `path`.
 
     Records of the same (length, depth) cell are averaged; records whose value is `None` are left out. Every cell
-    is annotated with its value. Returns the path written.
+    is annotated with its value. With `depth_tolerance`, a cell whose needle reached a depth (the first of a record's
+    `needle_depths`) more than that many points from its row's is annotated with the depth reached too, e.g.
+    `0.67 @58%`. Raises `ValueError` if no record has a value. Returns the path written.
 
     Example:
 
@@ -44,9 +48,12 @@ def plot_heatmap(
     from matplotlib.figure import Figure
 
     cells: dict[tuple[int, float], list[float]] = defaultdict(list)
+    reached: dict[tuple[int, float], list[float]] = defaultdict(list)
     for record in records:
         if record.get(value_key) is not None:
-            cells[(int(record["length"]), float(record["depth"]))].append(float(record[value_key]))
+            cell = (int(record["length"]), float(record["depth"]))
+            cells[cell].append(float(record[value_key]))
+            reached[cell].append(float((record.get("needle_depths") or [record["depth"]])[0]))
     if not cells:
         raise ValueError(f"No record has a `{value_key}` value: there is nothing to draw in {path}.")
     lengths = sorted({length for length, _ in cells})
@@ -62,15 +69,25 @@ def plot_heatmap(
     cmap = LinearSegmentedColormap.from_list("needle", _COLORS).with_extremes(bad="#D9D9D9")
     image = axes.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     figure.colorbar(image, ax=axes, label=value_key)
+    off_depth = False
     for row, values in enumerate(grid):
         for column, value in enumerate(values):
-            if not math.isnan(value):
-                axes.text(column, row, f"{value:.2g}", ha="center", va="center", fontsize=8)
+            if math.isnan(value):
+                continue
+            label = f"{value:.2g}"
+            depth = mean(reached[(lengths[column], depths[row])])
+            if depth_tolerance is not None and abs(depth - depths[row]) > depth_tolerance:
+                label, off_depth = f"{label} @{depth:.0f}%", True
+            axes.text(column, row, label, ha="center", va="center", fontsize=8)
     axes.set_xticks(range(len(lengths)), [str(length) for length in lengths], rotation=45)
     axes.set_yticks(range(len(depths)), [f"{depth:g}" for depth in depths])
     axes.set_xlabel("Context length (tokens)")
     axes.set_ylabel("Depth (%)")
     axes.set_title(title)
+    if off_depth:
+        axes.set_xlabel(
+            f"Context length (tokens); @N%: the needle went to depth N, over {depth_tolerance:g} points from its row's"
+        )
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

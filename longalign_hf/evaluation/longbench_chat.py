@@ -7,8 +7,15 @@ longalign eval longbench-chat --model my-org/model --generation-base-url http://
 ```
 
 The output folder holds `predictions.jsonl` (one answer per line, written as it is produced: a rerun skips the cases
-already answered), `judge_cache/` (a rerun pays no judge call twice), `results.json` (scores, per-case ratings and
-judge replies, judge model, token usage, settings) and `summary.md`.
+already answered), `run.json` (the settings that decide the answers: model, tokenizer, data set, generation server or
+transformers, --max-length, --max-new-tokens, --temperature, --seed; a rerun with other ones into a folder that holds
+answers is refused), `judge_cache/` (a rerun pays no judge call twice), `results.json` (scores on the judge's 1-10
+scale, per-case ratings and judge replies, judge model, token usage, settings, how many cases have no score) and
+`summary.md`.
+
+A judge call that fails after its retries is logged as a warning; if any case is left without a score (or with fewer
+judge runs than --n-runs), the summary says how many and the command exits with status 1, unless
+`--allow-incomplete`. Rerunning the same command retries just those calls.
 """
 
 from __future__ import annotations
@@ -17,58 +24,141 @@ import argparse
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from longalign_hf.evaluation.generation import generate_chat_answers, request_chat_answers, truncate_prompts
-from longalign_hf.judge import JudgeClient
+from longalign_hf.errors import UserInputError, iter_jsonl
+from longalign_hf.evaluation import run_folder
 from longalign_hf.longbench_chat import score_predictions
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "longalign-hf/LongBench-Chat"
 DEFAULT_JUDGE_MODEL = "gpt-4o-2024-05-13"
 _COLUMNS = {"idx", "query", "prompt", "answer", "few_shots", "language", "length", "judge_template"}
+_HOW_TO_BUILD = (
+    "build one with `longalign data build longbench-chat --out DIR` and pass --dataset DIR (or the Hub id it was "
+    "pushed to)"
+)
 
 
 def default_output_dir(model: str, root: str | os.PathLike = Path("outputs", "longbench_chat")) -> Path:
     """`root/MODEL`, with the model id or path made a folder name (`org/name` -> `org--name`)."""
-    return Path(root, re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/")))
+    return run_folder.default_output_dir(model, root)
+
+
+def load_cases(dataset: str = DEFAULT_DATASET, config: str = "all") -> datasets.Dataset:
+    """The `test` split of a built LongBench-Chat data set: a local folder or a Hub id, checked.
+
+    Raises `UserInputError` naming what is wrong and how to build one: a folder that does not exist or holds no data,
+    a data set without the LongBench-Chat configs, split or columns (it says which it has), a Hub id that cannot be
+    reached.
+    """
+    import datasets
+    from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+
+    local = Path(dataset).expanduser()
+    if local.is_file():
+        raise UserInputError(
+            f"--dataset {dataset} is a file, not a data set folder: {_HOW_TO_BUILD}; that DIR is what --dataset takes"
+        )
+    if not local.exists() and run_folder.looks_like_a_path(dataset):
+        raise UserInputError(f"--dataset {dataset}: no such folder; {_HOW_TO_BUILD}")
+    source = str(local) if local.exists() else dataset
+    try:
+        cases = datasets.load_dataset(source, config, split="test")
+    except DatasetNotFoundError:
+        raise UserInputError(
+            f"--dataset {dataset}: no such data set on the Hub, nor a local folder of that name; check the id, or "
+            f"{_HOW_TO_BUILD}"
+        ) from None
+    except ConnectionError as error:
+        raise UserInputError(
+            f"--dataset {dataset}: not a local folder, and the Hub cannot be reached to load it ({run_folder.one_line(error)}); connect to "
+            f"the network, or {_HOW_TO_BUILD}"
+        ) from None
+    except FileNotFoundError as error:  # a folder with no data file in it
+        raise UserInputError(
+            f"--dataset {dataset} holds no data set ({run_folder.one_line(error)}); {_HOW_TO_BUILD}"
+        ) from None
+    except DatasetGenerationError as error:
+        raise UserInputError(
+            f"--dataset {dataset}: its data files cannot be read ({run_folder.one_line(error.__cause__ or error)}); {_HOW_TO_BUILD}"
+        ) from None
+    except ValueError as error:  # an unknown config or split; an invalid Hub id
+        if not local.exists() and "Repo id" in str(error):
+            raise UserInputError(f"--dataset {dataset} is neither a folder nor a Hub id; {_HOW_TO_BUILD}") from None
+        if "BuilderConfig" not in str(error) and "split" not in str(error):
+            raise
+        raise UserInputError(
+            f"--dataset {dataset} is not a LongBench-Chat data set: {_describe(source)}, but LongBench-Chat has "
+            f"configs all, en and zh with a test split; {_HOW_TO_BUILD}"
+        ) from None
+    missing = sorted(_COLUMNS - set(cases.column_names))
+    if missing:
+        raise UserInputError(
+            f"--dataset {dataset} (config {config}) is not a LongBench-Chat data set: it has columns "
+            f"{sorted(cases.column_names)}, LongBench-Chat needs {sorted(_COLUMNS)} (missing {missing}); {_HOW_TO_BUILD}"
+        )
+    if not len(cases):
+        raise UserInputError(f"--dataset {dataset} (config {config}) has no case; {_HOW_TO_BUILD}")
+    return cases
+
+
+def _describe(source: str) -> str:
+    """What a data set holds (configs, splits, columns), to say why it is not the expected one."""
+    import datasets
+    from datasets.exceptions import DatasetsError
+
+    try:
+        configs = datasets.get_dataset_config_names(source)
+        streamed = datasets.load_dataset(source, configs[0], streaming=True)
+        split = next(iter(streamed))
+        columns = streamed[split].column_names
+    except (ValueError, OSError, StopIteration, IndexError, DatasetsError):
+        return "its configs, splits and columns cannot be read"
+    return (
+        f"it has configs {configs}; config {configs[0]!r} has splits {sorted(streamed)} and columns "
+        f"{sorted(columns) if columns is not None else 'unknown'}"
+    )
 
 
 def _read_predictions(path: Path, model: str) -> dict[int, str]:
-    """Answers saved by an earlier run of the same model; a line cut short by a crash is dropped (and redone)."""
+    """Answers saved by an earlier run of the same model; a last line cut short by a crash is skipped (and redone)."""
     predictions: dict[int, str] = {}
     if not path.exists():
         return predictions
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-            idx, prediction, saved_model = int(record["idx"]), str(record["prediction"]), record["model"]
-        except (ValueError, KeyError, TypeError):
-            logger.warning("%s line %d is not a saved prediction (cut short by a crash?); it is redone.", path, number)
-            continue
-        if saved_model != model:
-            raise ValueError(
-                f"{path} line {number} holds an answer of {saved_model!r}, not {model!r}: pass another --output-dir "
-                "(or delete the file to start over)."
+    for number, record in iter_jsonl(path, skip_cut_last_line=True):
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("idx"), int)
+            and isinstance(record.get("prediction"), str)
+            and "model" in record
+        ):
+            raise UserInputError(
+                f"{path}, line {number}: not a saved answer (an object with idx, model and prediction); fix or delete "
+                "that line, or pass another --output-dir"
             )
-        predictions[idx] = prediction
+        if record["model"] != model:
+            raise UserInputError(
+                f"{path}, line {number} holds an answer of {record['model']!r}, not {model!r}: pass another "
+                "--output-dir (or delete the file to start over)"
+            )
+        predictions[record["idx"]] = record["prediction"]
     return predictions
 
 
 def _generate(
     cases: datasets.Dataset,
     model: str,
+    tok: PreTrainedTokenizerBase,
     save: Callable[[int, str], None],
     *,
-    tokenizer: str | None,
     generation_base_url: str | None,
     generation_api_key: str | None,
     generation_concurrency: int,
@@ -80,7 +170,9 @@ def _generate(
     dtype: str,
     attn_implementation: str | None,
 ) -> None:
-    tok = AutoTokenizer.from_pretrained(tokenizer or model)
+    from longalign_hf.evaluation.generation import generate_chat_answers, request_chat_answers, truncate_prompts
+    from longalign_hf.judge import JudgeClient
+
     if generation_base_url is not None:
         client = JudgeClient(
             model,
@@ -94,6 +186,9 @@ def _generate(
         prompts = truncate_prompts(tok, cases["prompt"], max_length)
         request_chat_answers(client, prompts, on_answer=lambda i, answer: save(cases[i]["idx"], answer))
         return
+    import torch
+    from transformers import AutoModelForCausalLM
+
     lm = AutoModelForCausalLM.from_pretrained(
         model,
         dtype=dtype,
@@ -143,9 +238,21 @@ def run_longbench_chat(
 ) -> dict[str, Any]:
     """Evaluate `model` on LongBench-Chat: generate (resumable), judge (cached), write results; returns them.
 
-    See `add_arguments` for each option (the CLI's help) and the module docstring for the output folder. The
-    judge client is made first, so a missing API key fails before any generation.
+    See `add_arguments` for each option (the CLI's help) and the module docstring for the output folder. Every input
+    is checked before anything is written: the judge client first (a missing API key fails before any generation),
+    then the data set, the saved answers, the settings and the tokenizer. The results say how many cases have no
+    score (`num_unscored`: every judge run failed) or fewer judge runs than `n_runs` (`num_partly_scored`); the
+    command exits with status 1 when either is not 0, unless `--allow-incomplete`.
     """
+    from longalign_hf.judge import JudgeClient
+
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("n_runs", n_runs)):
+        if value < 1:
+            raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--limit must be at least 1, got {limit}")
+    if max_length is not None and max_length < 1:
+        raise UserInputError(f"--max-length must be at least 1 (0 on the command line: never cut), got {max_length}")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model)
     judge = JudgeClient(
         judge_model,
@@ -156,26 +263,35 @@ def run_longbench_chat(
         max_retries=judge_max_retries,
         cache_dir=judge_cache_dir or output_dir / "judge_cache",
     )
-    cases = datasets.load_dataset(dataset, config, split="test")
-    missing_columns = sorted(_COLUMNS - set(cases.column_names))
-    if missing_columns:
-        raise ValueError(
-            f"{dataset} (config {config}) has no column {missing_columns}: build the dataset with "
-            "`longalign data build longbench-chat --out DIR` and pass DIR (or the Hub id it was pushed to)."
-        )
+    cases = load_cases(dataset, config)
     if limit is not None:
         cases = cases.select(range(min(limit, len(cases))))
     logger.info("LongBench-Chat: %d cases from %s (config %s)", len(cases), dataset, config)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # The settings that decide the answers (not the batch size, dtype or attention backend, which change numerics).
+    settings = {
+        "model": model,
+        "tokenizer": tokenizer,
+        "dataset": str(Path(dataset).expanduser().resolve()) if Path(dataset).expanduser().exists() else dataset,
+        "generation": "server" if generation_base_url is not None else "transformers",
+        "max_length": max_length,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
     predictions_path = output_dir / "predictions.jsonl"
     predictions = _read_predictions(predictions_path, model)
+    run_folder.check_settings(output_dir, settings, has_answers=bool(predictions))
     todo = cases.select([i for i, idx in enumerate(cases["idx"]) if idx not in predictions])
     if len(todo):
+        from longalign_hf.evaluation.generation import load_tokenizer
+
+        tok = load_tokenizer(tokenizer or model)
+    run_folder.write_settings(output_dir, settings)
+
+    if len(todo):
         logger.info("Generating %d answers (%d already in %s)", len(todo), len(cases) - len(todo), predictions_path)
-        with predictions_path.open("a", encoding="utf-8") as f:
-            if f.tell() and not predictions_path.read_bytes().endswith(b"\n"):
-                f.write("\n")  # end the line a crash cut short, so the next answer starts on its own line
+        with run_folder.open_for_append(predictions_path) as f:
 
             def save(idx: int, prediction: str) -> None:
                 f.write(json.dumps({"idx": idx, "model": model, "prediction": prediction}, ensure_ascii=False) + "\n")
@@ -185,8 +301,8 @@ def run_longbench_chat(
             _generate(
                 todo,
                 model,
+                tok,
                 save,
-                tokenizer=tokenizer,
                 generation_base_url=generation_base_url,
                 generation_api_key=generation_api_key,
                 generation_concurrency=generation_concurrency,
@@ -204,11 +320,9 @@ def run_longbench_chat(
             f"No answer for cases {missing} (generation failed, see the log); rerun the same command to retry them."
         )
 
-    # The released script stores one answer per line, so the judge saw answers with newlines flattened.
     answers = [predictions[idx] for idx in cases["idx"]]
-    judged = [answer.replace("\n", " ") for answer in answers] if flatten_newlines else answers
     scores = score_predictions(
-        judged,
+        answers,
         cases["answer"],
         cases["query"],
         cases["few_shots"],
@@ -217,6 +331,7 @@ def run_longbench_chat(
         languages=cases["language"],
         n_runs=n_runs,
         seed=seed,
+        flatten_newlines=flatten_newlines,
     )
     results = {
         "model": model,
@@ -229,14 +344,18 @@ def run_longbench_chat(
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "seed": seed,
-            "flatten_newlines": flatten_newlines,
         },
         "judge_settings": {
             "base_url": judge_base_url,
             "temperature": judge.temperature,
             "n_runs": n_runs,
+            "flatten_newlines": flatten_newlines,
         },
         **{key: scores[key] for key in ("score", "language_scores", "num_scored", "num_failed", "failures", "usage")},
+        "num_unscored": len(cases) - scores["num_scored"],
+        "num_partly_scored": sum(
+            score is not None and None in ratings for score, ratings in zip(scores["scores"], scores["ratings"])
+        ),
         "judge_model": scores["judge_model"],
         "cases": [
             {
@@ -257,15 +376,41 @@ def run_longbench_chat(
     return results
 
 
+def shortfall(results: dict[str, Any]) -> str | None:
+    """What a `run_longbench_chat` result lacks, as one sentence ("2 of 12 cases have no score ..."); `None` if
+    every case has all its judge runs."""
+    if not results["num_unscored"] and not results["num_partly_scored"]:
+        return None
+    parts = []
+    if results["num_unscored"]:
+        parts.append(f"{results['num_unscored']} of {results['num_cases']} cases have no score")
+    if results["num_partly_scored"]:
+        runs = results["judge_settings"]["n_runs"]
+        parts.append(f"{results['num_partly_scored']} were rated in fewer than {runs} judge runs")
+    return (
+        f"{results['model']}: {' and '.join(parts)} ({results['num_failed']} judge calls failed; see `failures` in "
+        "results.json)"
+    )
+
+
 def format_summary(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table with one row per results of `run_longbench_chat`: mean score (1-10), per language, failures,
-    judge model and judge tokens spent."""
+    """A Markdown table with one row per results of `run_longbench_chat`: mean score on the judge's 1-10 scale,
+    overall and per language, cases scored, failed judge calls, judge model and judge tokens spent; then a line for
+    each result with cases left unscored."""
 
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
     languages = sorted({language for result in results for language in result["language_scores"]})
-    header = ["model", "score", *languages, "scored", "failed judge calls", "judge", "judge tokens"]
+    header = [
+        "model",
+        "score (1-10)",
+        *(f"{language} (1-10)" for language in languages),
+        "cases scored",
+        "failed judge calls",
+        "judge",
+        "judge tokens",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         row = [
@@ -278,6 +423,10 @@ def format_summary(results: Sequence[dict[str, Any]]) -> str:
             f"{result['usage']['total_tokens']} ({result['usage']['cached']} cached calls)",
         ]
         lines.append("| " + " | ".join(row) + " |")
+    lines.append(
+        "\nScores are means of the judge's 1-10 ratings over the scored cases (the released script sums them)."
+    )
+    lines += [f"**Incomplete:** {note}." for note in map(shortfall, results) if note is not None]
     return "\n".join(lines)
 
 
@@ -291,7 +440,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"[--push-to-hub ORG/NAME]`); default: {DEFAULT_DATASET}",
     )
     data.add_argument("--config", default="all", choices=["all", "en", "zh"], help="cases to run (default: all)")
-    data.add_argument("--limit", type=int, help="only the first N cases (a smoke test)")
+    data.add_argument("--limit", type=run_folder.count, help="only the first N cases (a smoke test)")
     data.add_argument(
         "--output-dir", help="where predictions, judge cache and results go (default: outputs/longbench_chat/MODEL)"
     )
@@ -299,16 +448,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_argument_group("generation (defaults: the paper's released script)")
     gen.add_argument(
         "--max-length",
-        type=int,
+        type=run_folder.count_or_zero,
         default=64_000,
         help="prompts over this many tokens are cut in the middle (default: 64000, the paper's; 0: never)",
     )
-    gen.add_argument("--max-new-tokens", type=int, default=1024, help="answer length cap (default: 1024)")
+    gen.add_argument("--max-new-tokens", type=run_folder.count, default=1024, help="answer length cap (default: 1024)")
     gen.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature, 0 for greedy (default: 1.0, the paper's)"
+        "--temperature",
+        type=run_folder.at_least_zero,
+        default=1.0,
+        help="sampling temperature, 0 for greedy (default: 1.0, the paper's)",
     )
     gen.add_argument("--seed", type=int, default=42, help="seed before each batch, and of the judge shuffles (42)")
-    gen.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default: 1)")
+    gen.add_argument("--batch-size", type=run_folder.count, default=1, help="prompts per generate call (default: 1)")
     gen.add_argument("--dtype", default="auto", help="model weights dtype (default: auto, the checkpoint's)")
     gen.add_argument(
         "--attn-implementation", help="attention backend, e.g. flash_attention_2 or sdpa (default: transformers')"
@@ -320,7 +472,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "which must serve --model; the chat template is the server's",
     )
     gen.add_argument("--generation-api-key", help="API key of that server (default: OPENAI_API_KEY or none)")
-    gen.add_argument("--generation-concurrency", type=int, default=8, help="requests in flight to it (default: 8)")
+    gen.add_argument(
+        "--generation-concurrency", type=run_folder.count, default=8, help="requests in flight to it (default: 8)"
+    )
     gen.add_argument(
         "--keep-newlines",
         action="store_true",
@@ -337,13 +491,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     judge.add_argument(
         "--judge-api-key", help="judge API key (default: the OPENAI_API_KEY environment variable, safer than this)"
     )
-    judge.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight (default: 8)")
-    judge.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per judge reply (default: 120)")
-    judge.add_argument("--judge-max-retries", type=int, default=5, help="retries per judge call (default: 5)")
+    judge.add_argument(
+        "--judge-concurrency", type=run_folder.count, default=8, help="judge requests in flight (default: 8)"
+    )
+    judge.add_argument(
+        "--judge-timeout", type=run_folder.at_least_zero, default=120.0, help="seconds per judge reply (default: 120)"
+    )
+    judge.add_argument(
+        "--judge-max-retries",
+        type=run_folder.count_or_zero,
+        default=5,
+        help="retries per judge call (default: 5)",
+    )
     judge.add_argument("--judge-cache-dir", help="judge reply cache (default: OUTPUT_DIR/judge_cache)")
     judge.add_argument(
-        "--n-runs", type=int, default=2, help="judge runs per answer, averaged (default: 2, the paper's)"
+        "--n-runs", type=run_folder.count, default=2, help="judge runs per answer, averaged (default: 2, the paper's)"
     )
+    parser.add_argument("--allow-incomplete", action="store_true", help=run_folder.ALLOW_INCOMPLETE_HELP)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -379,7 +543,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _main(args: argparse.Namespace) -> int:
     results = run_longbench_chat(args.model, **options_from_args(args))
     print(format_summary([results]))
-    return 0
+    return run_folder.exit_status(shortfall(results), args.allow_incomplete)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

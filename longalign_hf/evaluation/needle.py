@@ -20,8 +20,14 @@ How a prompt is built (`build_needle_prompt`):
    needles, question and generation prompt; not the answer). The haystack is a run of whole sentences of the text
    whose token count fills L after that overhead; the run is chosen, and the count checked on the finished prompt,
    so that the prompt lands within a few tokens of L. The exact count is recorded as `prompt_tokens`.
-4. A needle at depth d% goes in at the last sentence boundary at or before d% of the haystack's tokens: depth 0 is
-   the very start of the haystack, 100 the very end. The depth reached is recorded as `needle_depths`.
+4. A needle at depth d% goes in at the sentence boundary nearest to d% of the haystack's tokens: depth 0 is the very
+   start of the haystack, 100 the very end. Of the runs of sentences that fill the length, the one with a boundary
+   nearest the asked depth is used, so the needle lands within `DEPTH_TOLERANCE` (2 percentage points) of it whenever
+   the haystack's sentences allow. With the built-in haystack that is every length from 512 tokens for a tokenizer of
+   about 3.5 or more characters per token (most real ones), and from 768 tokens even with one token per byte (tested
+   over 512-8k tokens and depths 0-100%). A haystack of long sentences at a short length may not allow it; then the
+   needle goes at the nearest boundary there is, a warning says so, and the heatmap shows the depth reached in that
+   cell. The depth reached is always recorded as `needle_depths`.
 
 Probes:
 
@@ -41,8 +47,13 @@ the length and the depth, so a rerun builds the same prompts.
 
 The output folder holds `needle.jsonl` (one record per length x depth x probe, written as each answer comes: a rerun
 skips the records already there), `run.json` (the settings that decide the answers; a rerun with other ones is
-refused), `results.json` (settings, records, mean scores), `heatmap_{probe}.png` (plus `heatmap_single_judge.png`
-with a judge) and `summary.md`.
+refused), `results.json` (settings, records, mean scores), `summary.md`, and `heatmap_{probe}.png` (plus
+`heatmap_single_judge.png` with a judge; a heatmap with nothing to draw is skipped with a warning). Every input is
+checked before anything is written. With a judge, each answer it could not rate is a warning, the summary says how
+many, and the command exits with status 1 unless `--allow-incomplete`.
+
+`torch` and `transformers` are imported by the functions that use them, so the `longalign` command can import this
+module at once.
 """
 
 from __future__ import annotations
@@ -54,21 +65,28 @@ import os
 import random
 import re
 import uuid
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import mean
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
-
-from longalign_hf.evaluation.generation import chat_text, generate_chat_answers
+from longalign_hf.errors import UserInputError, iter_jsonl
+from longalign_hf.evaluation import run_folder
+from longalign_hf.evaluation.generation import (
+    chat_text,
+    generate_chat_answers,
+    load_model_config,
+    load_tokenizer,
+)
 from longalign_hf.evaluation.heatmap import plot_heatmap
 from longalign_hf.judge import JudgeClient, total_usage
 from longalign_hf.longbench_chat import parse_rating
 from longalign_hf.synthetic import documentation_paragraphs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +110,8 @@ NEEDLE_TYPES = ("words", "numbers", "uuids")
 # The release's Needle_test config: 10 lengths from 1k to 60k tokens, `numpy.linspace(1000, 60000, 10)` rounded.
 DEFAULT_LENGTHS = (1000, 7556, 14111, 20667, 27222, 33778, 40333, 46889, 53444, 60000)
 DEFAULT_NUM_DEPTHS = 10
+# How far (percentage points of the haystack) a needle may land from its asked depth; see the module docstring.
+DEPTH_TOLERANCE = 2.0
 
 # The released judge prompt (Needle_test/eval.py): the needle is the ground truth, the rating 1-10 comes as [[n]].
 JUDGE_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -114,9 +134,12 @@ JUDGE_TEMPLATE = (
 # A sentence ends at . ! or ? (then any closing quotes or brackets) followed by whitespace; a blank line ends one too.
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"')\]]*\s+|\n\s*\n")
 # Candidate first sentences of a haystack window (see `Haystack.window`).
-_MAX_WINDOW_STARTS = 256
-# Tokens of haystack beyond the longest prompt, so windows can start at many different sentences.
-_HAYSTACK_MARGIN = 2048
+_MAX_WINDOW_STARTS = 2048
+# Tokens a window may fall short of the best-filling one to bring a sentence boundary nearer the asked depth.
+_LENGTH_SLACK = 2
+# Tokens of haystack beyond the longest prompt, so windows can start at many different sentences (a short prompt has
+# few sentences: it takes many tries to find a run with a boundary near the asked depth).
+_HAYSTACK_MARGIN = 32_768
 _ADJECTIVES = (
     "amber", "brave", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lively",
     "mellow", "nimble", "odd", "proud", "quiet", "rusty", "shiny", "tidy", "urban", "vivid", "witty", "young",
@@ -179,19 +202,22 @@ def load_haystack(haystack_dir: str | os.PathLike | None = None) -> str:
         )
     folder = Path(haystack_dir)
     if not folder.is_dir():
-        raise ValueError(
-            f"The haystack folder {folder} is not a folder: pass a folder of .txt files, or leave --haystack-dir out "
-            "for the built-in Python documentation."
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UserInputError(
+            f"--haystack-dir {folder} {what}: pass a folder of .txt files, or leave --haystack-dir out for the "
+            "built-in Python documentation"
         )
     files = sorted(folder.rglob("*.txt"))
     texts = [file.read_text(encoding="utf-8", errors="replace").strip() for file in files]
     text = "\n\n".join(text for text in texts if text)
     if not text:
-        raise ValueError(f"{folder} holds no .txt file with text: put the haystack's text in .txt files there.")
+        raise UserInputError(
+            f"--haystack-dir {folder} holds no .txt file with text: put the haystack's text in .txt files there"
+        )
     if not _BOUNDARY.search(text):
-        raise ValueError(
-            f"The text under {folder} has no sentence boundary (`.`, `!` or `?` then whitespace, or a blank line), so "
-            "there is nowhere to put a needle: use prose."
+        raise UserInputError(
+            f"The text under --haystack-dir {folder} has no sentence boundary (`.`, `!` or `?` then whitespace, or a "
+            "blank line), so there is nowhere to put a needle: use prose"
         )
     return text
 
@@ -209,13 +235,13 @@ class Haystack:
 
     def __init__(self, text: str, tokenizer: PreTrainedTokenizerBase, min_tokens: int):
         if not tokenizer.is_fast:
-            raise ValueError(
+            raise UserInputError(
                 f"The tokenizer of {tokenizer.name_or_path!r} is a slow one: needle prompts need the token offsets "
                 "of a fast tokenizer (`AutoTokenizer.from_pretrained(..., use_fast=True)`)."
             )
         unit = text.strip()
         if not unit:
-            raise ValueError("The haystack text is empty.")
+            raise UserInputError("The haystack text is empty: give a haystack with text.")
         num_chars = 6 * min_tokens + 1000  # a first guess; doubled below while it falls short
         while True:
             source = "\n\n".join([unit] * (num_chars // len(unit) + 1))
@@ -232,26 +258,45 @@ class Haystack:
         self.chars = sorted({*(start for start in starts if start <= len(self.text)), len(self.text)})
         self.tokens = [bisect_right(token_starts, char - 1) for char in self.chars]
 
-    def window(self, budget: int) -> tuple[int, int]:
-        """Boundaries `(i, j)` of the run of whole sentences whose token count is closest to `budget` from below.
+    def window(self, budget: int, depth: float | None = None) -> tuple[int, int]:
+        """Boundaries `(i, j)` of a run of whole sentences of about `budget` tokens, with a boundary near `depth`.
 
-        Runs starting at each of the first sentences are tried, so a short gap (often none) is left; of equally close
-        runs, the one with the most sentences wins (the finest choice of depths), then the earliest.
+        Runs starting at each of the first sentences are tried. The candidates are the runs closest to `budget` from
+        below and those up to `_LENGTH_SLACK` tokens shorter; of these, the one with a sentence boundary nearest
+        `depth` % of its tokens wins (to 0.1 point; without `depth`, the closest to `budget`), then the one closest to
+        `budget`, then the one with the most sentences (the finest choice of depths), then the earliest.
         """
-        best = (budget + 1, 0, 0, 0)
+        candidates = []
         for i in range(min(len(self.tokens), _MAX_WINDOW_STARTS)):
             if self.tokens[i] + budget > self.num_tokens and i:
                 break
             j = bisect_right(self.tokens, self.tokens[i] + budget) - 1
-            candidate = (budget - (self.tokens[j] - self.tokens[i]), i - j, i, j)
-            best = min(best, candidate)
-        return best[2], best[3]
+            candidates.append((budget - (self.tokens[j] - self.tokens[i]), i, j))
+        closest = min(gap for gap, _, _ in candidates)
+
+        def rank(candidate: tuple[int, int, int]) -> tuple[float, int, int, int]:
+            gap, i, j = candidate
+            miss = 0.0 if depth is None else abs(self.depth_of(self.place(i, j, depth), i, j) - depth)
+            return round(miss, 1), gap, i - j, i
+
+        _, i, j = min((c for c in candidates if c[0] <= closest + _LENGTH_SLACK), key=rank)
+        return i, j
+
+    def place(self, i: int, j: int, depth: float) -> int:
+        """The boundary between `i` and `j` nearest to `depth` % of the tokens between them (the earlier on a tie)."""
+        target = self.tokens[i] + depth / 100 * (self.tokens[j] - self.tokens[i])
+        k = bisect_left(self.tokens, target, i, j + 1)
+        return k - 1 if k > i and target - self.tokens[k - 1] <= self.tokens[k] - target else k
+
+    def depth_of(self, k: int, i: int, j: int) -> float:
+        """Where boundary `k` sits in the run from `i` to `j`, in % of its tokens."""
+        total = self.tokens[j] - self.tokens[i]
+        return 100 * (self.tokens[k] - self.tokens[i]) / total if total else 0.0
 
     def compose(self, i: int, j: int, needles: Sequence[str], depths: Sequence[float]) -> tuple[str, list[float]]:
-        """The sentences between boundaries `i` and `j` with each needle at the last boundary at or before its depth
-        (% of the window's tokens). Returns the text and the depth each needle reached."""
-        total = self.tokens[j] - self.tokens[i]
-        places = [bisect_right(self.tokens, self.tokens[i] + depth / 100 * total, i, j + 1) - 1 for depth in depths]
+        """The sentences between boundaries `i` and `j` with each needle at the boundary nearest its depth (% of the
+        window's tokens). Returns the text and the depth each needle reached."""
+        places = [self.place(i, j, depth) for depth in depths]
         pieces, cursor = [], self.chars[i]
         for n in sorted(range(len(needles)), key=lambda n: (places[n], n)):
             pieces.append(self.text[cursor : self.chars[places[n]]])
@@ -260,8 +305,7 @@ class Haystack:
                 pieces.append(" ")
             pieces.append(needles[n] + " ")
         pieces.append(self.text[cursor : self.chars[j]])
-        reached = [100 * (self.tokens[place] - self.tokens[i]) / total if total else 0.0 for place in places]
-        return "".join(pieces).rstrip(), reached
+        return "".join(pieces).rstrip(), [self.depth_of(place, i, j) for place in places]
 
 
 @dataclass
@@ -275,7 +319,7 @@ class NeedlePrompt:
         prompt (`str`): the user message.
         prompt_tokens (`int`): tokens of the chat-templated prompt, generation prompt included.
         needles (`list[str]`): the needle sentences, the one at `depth` first.
-        needle_depths (`list[float]`): the depth each needle reached (the sentence boundary at or before its target).
+        needle_depths (`list[float]`): the depth each needle reached (the sentence boundary nearest its target).
         query (`str`): what is asked: the paper's question, or the RULER key.
         expected (`list[str]`): the strings the answer must hold (key facts or values).
     """
@@ -331,12 +375,12 @@ def _with_context(template: str, query: str, type_needle_v: str = "") -> str:
 
 def _check_probe(probe: str, num_needles: int, key_type: str, value_type: str) -> None:
     if probe not in PROBES:
-        raise ValueError(f"Unknown probe {probe!r}: choose from {', '.join(PROBES)}.")
+        raise UserInputError(f"Unknown probe {probe!r}: choose from {', '.join(PROBES)}.")
     if probe != "single" and num_needles < 2:
-        raise ValueError(f"The {probe} probe needs at least 2 needles, got num_needles={num_needles}.")
+        raise UserInputError(f"The {probe} probe needs at least 2 needles (--num-needles), got {num_needles}.")
     for name, kind in (("key_type", key_type), ("value_type", value_type)):
         if kind not in NEEDLE_TYPES:
-            raise ValueError(f"Unknown {name} {kind!r}: choose from {', '.join(NEEDLE_TYPES)}.")
+            raise UserInputError(f"Unknown {name} {kind!r}: choose from {', '.join(NEEDLE_TYPES)}.")
 
 
 def _prompt_tokens(tokenizer: PreTrainedTokenizerBase, prompt: str) -> int:
@@ -372,12 +416,12 @@ def build_needle_prompt(
     ```python
     haystack = Haystack(load_haystack(), tokenizer, min_tokens=10_000)
     prompt = build_needle_prompt(tokenizer, haystack, length=8000, depth=50)
-    prompt.prompt_tokens, prompt.needle_depths  # 8000 within a few tokens; the depth reached, at most 50
+    prompt.prompt_tokens, prompt.needle_depths  # 8000 within a few tokens; the depth reached, within 2 points of 50
     ```
     """
     _check_probe(probe, num_needles, key_type, value_type)
     if not 0 <= depth <= 100:
-        raise ValueError(f"A depth is a percentage from 0 to 100, got {depth}.")
+        raise UserInputError(f"A depth is a percentage from 0 to 100, got {depth}.")
     rng = random.Random(f"{seed}/{probe}/{length}/{depth}")
     needles, expected, query, template = _probe_content(probe, rng, num_needles, key_type, value_type)
     # As in RULER, needles other than the one asked about (or the first value) go at random depths.
@@ -385,14 +429,14 @@ def build_needle_prompt(
 
     overhead = _prompt_tokens(tokenizer, template.format(context=" ".join(needles)))
     if length <= overhead:
-        raise ValueError(
-            f"A {probe} prompt takes {overhead} tokens before any haystack is added: ask for lengths over {overhead}."
+        raise UserInputError(
+            f"A {probe} prompt takes {overhead} tokens before any haystack is added: ask for --lengths over {overhead}."
         )
     if haystack.num_tokens < length:
         raise ValueError(f"The haystack holds {haystack.num_tokens} tokens, fewer than the {length} asked for.")
 
     def render(budget: int) -> tuple[int, str, list[float]]:
-        context, reached = haystack.compose(*haystack.window(max(budget, 0)), needles, depths)
+        context, reached = haystack.compose(*haystack.window(max(budget, 0), depth), needles, depths)
         prompt = template.format(context=context)
         return _prompt_tokens(tokenizer, prompt), prompt, reached
 
@@ -408,6 +452,16 @@ def build_needle_prompt(
         if abs(candidate[0] - length) < abs(best[0] - length):
             best = candidate
     prompt_tokens, prompt, reached = best
+    if abs(reached[0] - depth) > DEPTH_TOLERANCE:
+        logger.warning(
+            "The %s needle of the %d-token prompt sits at depth %.1f%%, not %g%%: no run of the haystack's sentences "
+            "that fills this length has a boundary within %g points of it. The heatmap shows the depth reached.",
+            probe,
+            length,
+            reached[0],
+            depth,
+            DEPTH_TOLERANCE,
+        )
     return NeedlePrompt(probe, length, float(depth), prompt, prompt_tokens, needles, reached, query, expected)
 
 
@@ -416,7 +470,8 @@ def judge_needle_answers(
 ) -> tuple[list[float | None], dict[str, int]]:
     """Rate each answer 1-10 against the needle with an LLM judge, with the release's judge prompt.
 
-    Returns the ratings (`None` where the judge gave none after its retries) and the judge usage (`total_usage`).
+    Returns the ratings (`None` where the judge gave none after its retries; the client logs each as a warning) and
+    the judge usage (`total_usage`).
     """
     messages = [
         [
@@ -425,17 +480,19 @@ def judge_needle_answers(
         ]
         for answer in answers
     ]
-    results = client.complete(messages, validate=lambda reply: parse_rating(reply) is not None, desc="judging needles")
-    for index, result in enumerate(results):
-        if result.error is not None:
-            logger.error("No judge rating for needle answer %d: %s", index, result.error)
+    results = client.complete(
+        messages,
+        validate=lambda reply: parse_rating(reply) is not None,
+        desc="judging needles",
+        invalid_reason="no rating [[n]] in it",
+    )
     ratings = [parse_rating(result.text) if result.error is None else None for result in results]
     return ratings, total_usage(results)
 
 
 def default_output_dir(model: str, root: str | os.PathLike = Path("outputs", "needle")) -> Path:
     """`root/MODEL`, with the model id or path made a folder name (`org/name` -> `org--name`)."""
-    return Path(root, re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/")) or "model")
+    return run_folder.default_output_dir(model, root)
 
 
 def _cell(record: dict[str, Any]) -> tuple[str, int, float]:
@@ -443,39 +500,26 @@ def _cell(record: dict[str, Any]) -> tuple[str, int, float]:
 
 
 def _read_records(path: Path, model: str) -> dict[tuple[str, int, float], dict[str, Any]]:
-    """Records of an earlier run; a line cut short by a crash is dropped (and redone)."""
+    """Records of an earlier run; a last line cut short by a crash is skipped (and redone)."""
     records: dict[tuple[str, int, float], dict[str, Any]] = {}
     if not path.exists():
         return records
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, record in iter_jsonl(path, skip_cut_last_line=True):
         try:
-            record = json.loads(line)
             cell = _cell(record)
             record["score"] = float(record["score"])
         except (ValueError, KeyError, TypeError):
-            logger.warning("%s line %d is not a saved record (cut short by a crash?); it is redone.", path, number)
-            continue
+            raise UserInputError(
+                f"{path}, line {number}: not a needle record (an object with probe, length, depth, score); fix or "
+                "delete that line, or pass another --output-dir"
+            ) from None
         if record.get("model") != model:
-            raise ValueError(
-                f"{path} line {number} holds an answer of {record.get('model')!r}, not {model!r}: pass another --output-dir "
-                "(or delete the file to start over)."
+            raise UserInputError(
+                f"{path}, line {number} holds an answer of {record.get('model')!r}, not {model!r}: pass another "
+                "--output-dir (or delete the file to start over)"
             )
         records[cell] = record
     return records
-
-
-def _check_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Refuse to mix records made with other settings into one heatmap."""
-    if path.exists():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(key for key in settings.keys() | saved.keys() if saved.get(key) != settings.get(key))
-        if changed:
-            details = ", ".join(f"{key}: {saved.get(key)!r} -> {settings.get(key)!r}" for key in changed)
-            raise ValueError(
-                f"{path.parent} holds records made with other settings ({details}): pass another --output-dir, the "
-                "same settings, or delete the folder to start over."
-            )
-    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 def _context_window(config: Any, max_model_length: int | None) -> int | None:
@@ -536,8 +580,11 @@ def run_needle(
     `model` is a path or Hub id, or a loaded model (then pass `tokenizer`). `depths` is a count of depths evenly spaced
     from 0 to 100% (`depth_grid`) or the depths themselves. Lengths whose prompt plus `max_new_tokens` exceed the
     model's context window (`max_model_length`, by default the config's `max_position_embeddings`) are skipped with a
-    warning and listed under `skipped` in the results; if every length is, it is an error. See `add_arguments` for
-    the other options and the module docstring for the rules and the output folder.
+    warning and listed under `skipped` in the results; if every length is, it is an error. Every input is checked
+    before anything is written. With a judge, `num_unscored` counts the single-needle answers it could not rate (0
+    without one; the command exits with status 1 when it is not 0); `num_off_depth` counts the needles more than
+    `DEPTH_TOLERANCE` points from their asked depth. See `add_arguments` for the other options and the module
+    docstring for the rules and the output folder.
 
     Example:
 
@@ -549,17 +596,19 @@ def run_needle(
     model_name = model if isinstance(model, str) else (model.name_or_path or "model")
     lengths = sorted({int(length) for length in lengths})
     if not lengths or lengths[0] < 1:
-        raise ValueError(f"Lengths must be positive numbers of tokens, got {lengths}.")
+        raise UserInputError(f"Lengths must be positive numbers of tokens, got {lengths}.")
     depths = depth_grid(depths) if isinstance(depths, int) else sorted({float(depth) for depth in depths})
     if not depths or not all(0 <= depth <= 100 for depth in depths):
-        raise ValueError(f"Depths are percentages from 0 to 100, got {depths}.")
+        raise UserInputError(f"Depths are percentages from 0 to 100, got {depths}.")
     if not probes:
-        raise ValueError(f"No probe to run: choose from {', '.join(PROBES)}.")
+        raise UserInputError(f"No probe to run: choose from {', '.join(PROBES)}.")
     for probe in probes:
         _check_probe(probe, num_needles, key_type, value_type)
-    if max_new_tokens < 1:
-        raise ValueError(f"`max_new_tokens` must be at least 1, got {max_new_tokens}.")
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if value < 1:
+            raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model_name)
+    # Every input is checked before anything is written: nothing half-made refuses the corrected rerun.
     judge = None
     if judge_model is not None and "single" not in probes:
         logger.warning("The judge rates the single probe only, which is not run: no judge score.")
@@ -571,17 +620,16 @@ def run_needle(
             max_concurrency=judge_concurrency,
             cache_dir=output_dir / "judge_cache",
         )
-    if isinstance(tokenizer, PreTrainedTokenizerBase):
-        tok = tokenizer
-    elif tokenizer is None and not isinstance(model, str):
+    if tokenizer is None and not isinstance(model, str):
         raise ValueError("Pass the `tokenizer` with a loaded model.")
-    else:
-        tok = AutoTokenizer.from_pretrained(tokenizer or model)
+    tok = load_tokenizer(tokenizer or model) if tokenizer is None or isinstance(tokenizer, str) else tokenizer
+    haystack_text = load_haystack(haystack_dir)
 
     settings = {
         "model": model_name,
         "tokenizer": tokenizer if isinstance(tokenizer, str) else None,
         "haystack": str(Path(haystack_dir).resolve()) if haystack_dir is not None else "pydoc_data.topics",
+        "needle_placement": f"nearest sentence boundary, within {DEPTH_TOLERANCE:g} points where the haystack allows",
         "max_new_tokens": max_new_tokens,
         "temperature": temperature,
         "seed": seed,
@@ -589,12 +637,11 @@ def run_needle(
         "key_type": key_type,
         "value_type": value_type,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _check_settings(output_dir / "run.json", settings)
+    records_path = output_dir / "needle.jsonl"
+    records = _read_records(records_path, model_name)
+    run_folder.check_settings(output_dir, settings, has_answers=bool(records))
 
-    window = _context_window(
-        AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, max_model_length
-    )
+    window = _context_window(_model_config(model), max_model_length)
     skipped = []
     if window is not None:
         for length in [length for length in lengths if length + max_new_tokens > window]:
@@ -605,32 +652,30 @@ def run_needle(
             skipped.append({"length": length, "reason": reason})
         lengths = [length for length in lengths if length + max_new_tokens <= window]
         if not lengths:
-            raise ValueError(
+            raise UserInputError(
                 f"Every length is over the model's {window}-token window (prompt + {max_new_tokens} new tokens): ask "
                 "for shorter --lengths, or set --max-model-length if the model reaches further than its config says."
             )
 
-    records_path = output_dir / "needle.jsonl"
-    records = _read_records(records_path, model_name)
     cells = [(probe, length, depth) for probe in probes for length in lengths for depth in depths]
     todo = [cell for cell in cells if cell not in records]
+    # All prompts first (a few MB of text at most), so a length too short for its probe fails before anything is
+    # written or the model loads.
+    prompts = _build_prompts(tok, haystack_text, todo, seed, num_needles, key_type, value_type) if todo else {}
+    run_folder.write_settings(output_dir, settings)
     if todo:
         logger.info("Needle: %d records to make (%d already in %s)", len(todo), len(cells) - len(todo), records_path)
         _generate(
             model,
             tok,
-            todo,
+            prompts,
             records,
             records_path,
             model_name=model_name,
-            haystack_dir=haystack_dir,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             temperature=temperature,
             seed=seed,
-            num_needles=num_needles,
-            key_type=key_type,
-            value_type=value_type,
             dtype=dtype,
             attn_implementation=attn_implementation,
         )
@@ -641,6 +686,7 @@ def run_needle(
     results: dict[str, Any] = {"model": model_name, "settings": settings, "lengths": lengths, "depths": depths}
     results["skipped"] = skipped
     results["scores"] = {probe: _summarize([r for r in kept if r["probe"] == probe], "score") for probe in probes}
+    results["num_unscored"] = 0
     if judge is not None:  # ratings are cached in the output folder: a rerun pays for new answers only
         single = [record for record in kept if record["probe"] == "single"]
         ratings, usage = judge_needle_answers(judge, [record["answer"] for record in single])
@@ -648,52 +694,92 @@ def run_needle(
             record["judge_rating"] = rating
         results["judge_model"], results["judge_usage"] = judge.model, usage
         results["judge_scores"] = {"single": _summarize(single, "judge_rating")}
-    results["records"] = kept
+        results["num_unscored"] = sum(rating is None for rating in ratings)
+    results["depth_tolerance"] = DEPTH_TOLERANCE
+    results["num_off_depth"] = sum(_off_depth(record) for record in kept)
 
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    heatmaps = []  # (file name, records, title, value key): drawn if some record has a value to show
     for probe in probes:
         probe_records = [record for record in kept if record["probe"] == probe]
-        title = f"{model_name}: {probe} needle (score 0-1)"
-        plot_heatmap(probe_records, output_dir / f"heatmap_{probe}.png", title=title)
+        heatmaps.append((f"heatmap_{probe}.png", probe_records, f"{model_name}: {probe} needle (score 0-1)", "score"))
         if judge is not None and probe == "single":
             title = f"{model_name}: single needle ({judge.model} rating 1-10)"
-            plot_heatmap(probe_records, output_dir / "heatmap_single_judge.png", title, "judge_rating", 1, 10)
+            heatmaps.append(("heatmap_single_judge.png", probe_records, title, "judge_rating"))
+    drawable = [heatmap for heatmap in heatmaps if any(record.get(heatmap[3]) is not None for record in heatmap[1])]
+    results["heatmaps_skipped"] = [heatmap[0] for heatmap in heatmaps if heatmap not in drawable]
+    results["records"] = kept
+
+    # Results and summary first: a heatmap that cannot be drawn must not cost them.
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     (output_dir / "summary.md").write_text(format_summary(results) + "\n", encoding="utf-8")
-    logger.info("Wrote results.json, summary.md and heatmaps to %s", output_dir)
+    for name in results["heatmaps_skipped"]:
+        logger.warning("Not drawing %s: no record has a value to show.", output_dir / name)
+    for name, probe_records, title, value_key in drawable:
+        low, high = (1, 10) if value_key == "judge_rating" else (0, 1)
+        plot_heatmap(probe_records, output_dir / name, title, value_key, low, high, depth_tolerance=DEPTH_TOLERANCE)
+    logger.info("Wrote results.json, summary.md and %d heatmaps to %s", len(drawable), output_dir)
     return results
 
 
-def _generate(
-    model: str | PreTrainedModel,
+def _off_depth(record: dict[str, Any]) -> bool:
+    """Whether the (asked) needle reached a depth more than `DEPTH_TOLERANCE` points from the asked one."""
+    return abs((record.get("needle_depths") or [record["depth"]])[0] - record["depth"]) > DEPTH_TOLERANCE
+
+
+def shortfall(results: dict[str, Any]) -> str | None:
+    """What a `run_needle` result lacks, as one sentence; `None` when nothing is missing."""
+    if not results["num_unscored"]:
+        return None
+    num_single = results["judge_scores"]["single"]["num_scored"] + results["num_unscored"]
+    return (
+        f"{results['model']}: {results['num_unscored']} of {num_single} single-needle answers have no rating from the "
+        f"judge {results['judge_model']}"
+    )
+
+
+def _model_config(model: str | PreTrainedModel) -> Any:
+    return load_model_config(model) if isinstance(model, str) else model.config
+
+
+def _build_prompts(
     tokenizer: PreTrainedTokenizerBase,
+    haystack_text: str,
     todo: Sequence[tuple[str, int, float]],
-    records: dict[tuple[str, int, float], dict[str, Any]],
-    records_path: Path,
-    *,
-    model_name: str,
-    haystack_dir: str | os.PathLike | None,
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float,
     seed: int,
     num_needles: int,
     key_type: str,
     value_type: str,
-    dtype: str,
-    attn_implementation: str | None,
-) -> None:
-    """Build, answer and score the `todo` cells, one length at a time (prompts of one length batch with little
-    padding), appending each record to `records_path` as its answer comes."""
-    haystack = Haystack(
-        load_haystack(haystack_dir), tokenizer, max(length for _, length, _ in todo) + _HAYSTACK_MARGIN
-    )
-    # All prompts first (a few MB of text at most), so a length too short for its probe fails before the model loads.
+) -> dict[int, list[NeedlePrompt]]:
+    """The prompts of the `todo` cells, by length (prompts of one length batch with little padding)."""
+    haystack = Haystack(haystack_text, tokenizer, max(length for _, length, _ in todo) + _HAYSTACK_MARGIN)
     prompts_by_length: dict[int, list[NeedlePrompt]] = {}
     for probe, length, depth in todo:
         prompts_by_length.setdefault(length, []).append(
             build_needle_prompt(tokenizer, haystack, length, depth, probe, seed, num_needles, key_type, value_type)
         )
+    return prompts_by_length
+
+
+def _generate(
+    model: str | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts_by_length: dict[int, list[NeedlePrompt]],
+    records: dict[tuple[str, int, float], dict[str, Any]],
+    records_path: Path,
+    *,
+    model_name: str,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float,
+    seed: int,
+    dtype: str,
+    attn_implementation: str | None,
+) -> None:
+    """Answer and score the prompts, one length at a time, appending each record to `records_path` as it comes."""
     if isinstance(model, str):
+        import torch
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(
             model,
             dtype=dtype,
@@ -701,9 +787,7 @@ def _generate(
             device_map="auto" if torch.cuda.is_available() else None,
         ).eval()
     logger.info("Model %s (%s, attention: %s)", model_name, model.dtype, model.config._attn_implementation)
-    with records_path.open("a", encoding="utf-8") as f:
-        if f.tell() and not records_path.read_bytes().endswith(b"\n"):
-            f.write("\n")  # end the line a crash cut short, so the next record starts on its own line
+    with run_folder.open_for_append(records_path) as f:
         for number, length in enumerate(sorted(prompts_by_length), start=1):
             prompts = prompts_by_length[length]
             save = _saver(f, prompts, records, model_name)
@@ -737,7 +821,7 @@ def _saver(f: TextIO, prompts: Sequence[NeedlePrompt], records: dict, model_name
 
 def format_summary(results: dict[str, Any]) -> str:
     """A Markdown table of `run_needle` results: one row per probe (and judge score), mean score overall and per
-    length (scores 0-1, judge ratings 1-10)."""
+    length (scores 0-1, judge ratings 1-10); then what is missing or off, if anything."""
     lengths = [_label(length) for length in results["lengths"]]
     header = ["probe", "mean", *lengths]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -752,6 +836,15 @@ def format_summary(results: dict[str, Any]) -> str:
         lines.append(f"judge: {results['judge_model']}")
     for skipped in results["skipped"]:
         lines.append(f"skipped length {skipped['length']}: {skipped['reason']}")
+    if results["num_off_depth"]:
+        lines.append(
+            f"{results['num_off_depth']} needles sit more than {results['depth_tolerance']:g} points from their asked "
+            "depth (the haystack's sentences are long for the length): their heatmap cells show the depth reached"
+        )
+    if shortfall(results) is not None:
+        lines.append(f"**Incomplete:** {shortfall(results)}.")
+    for name in results["heatmaps_skipped"]:
+        lines.append(f"{name} not drawn: no record has a value to show")
     return "\n".join(lines)
 
 
@@ -813,7 +906,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     grid.add_argument(
         "--num-needles",
-        type=int,
+        type=run_folder.count,
         default=4,
         help="needles of the multikey and multivalue probes (default: 4, RULER's)",
     )
@@ -828,10 +921,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     gen = parser.add_argument_group("generation")
     gen.add_argument("--tokenizer", help="tokenizer for lengths and the chat template (default: --model)")
-    gen.add_argument("--max-new-tokens", type=int, default=64, help="answer length cap (default: 64)")
-    gen.add_argument("--temperature", type=float, default=0.0, help="sampling temperature, 0 for greedy (default: 0)")
+    gen.add_argument("--max-new-tokens", type=run_folder.count, default=64, help="answer length cap (default: 64)")
     gen.add_argument(
-        "--batch-size", type=int, default=1, help="prompts of the same length per generate call (default: 1)"
+        "--temperature",
+        type=run_folder.at_least_zero,
+        default=0.0,
+        help="sampling temperature, 0 for greedy (default: 0)",
+    )
+    gen.add_argument(
+        "--batch-size",
+        type=run_folder.count,
+        default=1,
+        help="prompts of the same length per generate call (default: 1)",
     )
     gen.add_argument("--dtype", default="auto", help="model weights dtype (default: auto, the checkpoint's)")
     gen.add_argument(
@@ -839,7 +940,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     gen.add_argument(
         "--max-model-length",
-        type=int,
+        type=run_folder.count,
         help="the model's context window in tokens; lengths whose prompt plus --max-new-tokens exceed it are skipped "
         "with a warning (default: the config's max_position_embeddings)",
     )
@@ -850,7 +951,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     judge.add_argument(
         "--judge-api-key", help="judge API key (default: the OPENAI_API_KEY environment variable, safer than this)"
     )
-    judge.add_argument("--judge-concurrency", type=int, default=8, help="judge requests in flight (default: 8)")
+    judge.add_argument(
+        "--judge-concurrency", type=run_folder.count, default=8, help="judge requests in flight (default: 8)"
+    )
+    parser.add_argument("--allow-incomplete", action="store_true", help=run_folder.ALLOW_INCOMPLETE_HELP)
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -866,7 +970,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _main(args: argparse.Namespace) -> int:
     results = run_needle(args.model, **options_from_args(args))
     print(format_summary(results))
-    return 0
+    return run_folder.exit_status(shortfall(results), args.allow_incomplete)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -19,7 +19,8 @@ English and Chinese). A judge LLM behind any OpenAI-compatible chat-completions 
 the reference answer, three scored example answers (in an order shuffled per run) and the answer, and replies with a
 rating "[[n]]" from 1 to 10. The rating is the first number in the last "[[...]]". Each answer is judged `n_runs`
 times (the paper: twice) and averaged; a reply with no rating is asked again, then reported as failed and left out
-of the mean (never scored 0). Judge calls are cached on disk.
+of the mean (never scored 0). Judge calls are cached on disk. The judge sees each answer stripped and, as in the
+released script, with its line breaks made spaces: exactly the request `longalign eval longbench-chat` sends for it.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -39,6 +40,8 @@ Args:
         the questions if not given.
     n_runs (`int`, *optional*, defaults to 2): judge runs per answer, averaged (the paper's 2).
     seed (`int`, *optional*, defaults to 42): seeds the example order of each run.
+    flatten_newlines (`bool`, *optional*, defaults to `True`): show the judge each answer with its line breaks made
+        spaces, as the released script did (`False`: keep them, as `--keep-newlines` does on the command line).
 
 Returns:
     score (`float` or `None`): mean rating (1-10) over the answers with at least one parsed rating.
@@ -52,6 +55,7 @@ Returns:
     usage (`dict`): tokens and requests spent now (cached replies cost nothing), cached and failed call counts.
     judge_model (`str`): the judge model, to be reported with the score.
     n_runs (`int`): judge runs per answer.
+    flatten_newlines (`bool`): whether line breaks were made spaces for the judge.
 
 Examples:
     >>> import evaluate
@@ -101,6 +105,7 @@ class LongBenchChat(evaluate.Metric):
         languages: Sequence[str] | None = None,
         n_runs: int = 2,
         seed: int = 42,
+        flatten_newlines: bool = True,
     ) -> dict[str, Any]:
         client = judge if isinstance(judge, JudgeClient) else JudgeClient(**judge)
         return score_predictions(
@@ -113,4 +118,5 @@ class LongBenchChat(evaluate.Metric):
             languages=languages,
             n_runs=n_runs,
             seed=seed,
+            flatten_newlines=flatten_newlines,
         )
