@@ -1,16 +1,30 @@
-"""longalign-hf: the LongAlign recipe (packing, loss weighting, LongBench-Chat) as plug-ins for TRL and Accelerate."""
+"""longalign-hf: the LongAlign recipe (packing, loss weighting, LongBench-Chat) as plug-ins for TRL and Accelerate.
 
-from .collator import LongAlignDataCollator
-from .config import LongAlignConfig
-from .data import LongBenchChatBuilder
-from .judge import JudgeClient
-from .packed_attention import PACKED_SDPA
-from .packed_dataset import pack_dataset
-from .packing import pack_stats, plan_packs, split_packs
-from .sampler import SortedBatchSampler
-from .trainer import LongAlignSFTTrainer
+Names are imported on first use, so `import longalign_hf` (and the `longalign` command's help) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_PUBLIC = {
+    "JudgeClient": "longalign_hf.judge",
+    "PACKED_SDPA": "longalign_hf.packed_attention",
+    "LongAlignConfig": "longalign_hf.config",
+    "LongAlignDataCollator": "longalign_hf.collator",
+    "LongAlignSFTTrainer": "longalign_hf.trainer",
+    "LongBenchChatBuilder": "longalign_hf.data.longbench_chat_builder",
+    "SortedBatchSampler": "longalign_hf.sampler",
+    "pack_dataset": "longalign_hf.packed_dataset",
+    "pack_stats": "longalign_hf.packing",
+    "plan_packs": "longalign_hf.packing",
+    "split_packs": "longalign_hf.packing",
+}
+_SUBPACKAGES = ("data", "evaluation", "metrics")
 
 __all__ = [
     "JudgeClient",
@@ -25,3 +39,29 @@ __all__ = [
     "plan_packs",
     "split_packs",
 ]
+
+if TYPE_CHECKING:
+    from .collator import LongAlignDataCollator
+    from .config import LongAlignConfig
+    from .data.longbench_chat_builder import LongBenchChatBuilder
+    from .judge import JudgeClient
+    from .packed_attention import PACKED_SDPA
+    from .packed_dataset import pack_dataset
+    from .packing import pack_stats, plan_packs, split_packs
+    from .sampler import SortedBatchSampler
+    from .trainer import LongAlignSFTTrainer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_PUBLIC, *_SUBPACKAGES})

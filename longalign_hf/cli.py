@@ -1,10 +1,18 @@
-"""The `longalign` command: `longalign data ...` and `longalign eval ...`, thin over the library modules."""
+"""The `longalign` command: `longalign data ...` and `longalign eval ...`, thin over the library modules.
+
+The command modules import torch, transformers and `datasets` only when a command runs, so `--help` and argument
+errors answer at once. A `UserInputError` (a bad file, row or flag value) prints as one line and exits 2; `--debug`
+shows its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import logging
+import sys
+
+from longalign_hf.errors import UserInputError
 
 # Each module registers its subcommands with `add_parser(subparsers)`: (group, module) pairs.
 _COMMAND_MODULES: list[tuple[str, str]] = [
@@ -21,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="longalign",
         description="LongAlign for the Hugging Face stack: build data sets, evaluate long-context models.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
     groups = parser.add_subparsers(dest="group", metavar="{data,eval}", required=True)
     data = groups.add_parser("data", help="build, generate and publish data sets")
     evaluation = groups.add_parser("eval", help="evaluate a model (LongBench-Chat, needle in a haystack)")
@@ -34,12 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status (0 done, 1 done with results missing, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2"):  # one INFO line per HTTP request would bury the progress bars
         logging.getLogger(name).setLevel(logging.WARNING)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (UserInputError, OSError) as error:
+        # Bad input or an unreadable path: the message says what to do; a traceback would only bury it.
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"longalign: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("longalign: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

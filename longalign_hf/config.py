@@ -25,6 +25,17 @@ class LongAlignConfig(SFTConfig):
     TRL's own `packing` and `padding_free` must stay off: `batching="pack"` replaces them with LongAlign packing, whose
     collator keeps the per-sample bookkeeping that exact loss weighting needs.
 
+    Inherited options are honoured or refused, never ignored. Honoured as in TRL: `chat_template_path`, `eos_token`
+    and `pad_token` (applied before tokenizing), `eval_packing` (default: pack evaluation when `batching="pack"`),
+    `router_aux_loss_coef` (the MoE load-balancing loss is added as TRL weighs it), `dataset_num_proc`,
+    `activation_offloading`, `max_length`. Refused with the reason: `loss_type` other than `"nll"`,
+    `label_smoothing_factor`, `average_tokens_across_devices=False`, `truncation_mode="keep_end"`, a
+    `packing_strategy` (use `pack_planner`), `completion_only_loss=False`, `dataset_kwargs` other than
+    `skip_prepare_dataset`, and a `train_sampling_strategy` other than `"random"` with sorted or packed batching.
+    `messages` data always trains on the assistant tokens only (whatever `assistant_only_loss` says); to choose other
+    targets pass tokenized `input_ids` with `labels`. `shuffle_dataset` has no effect (batches are drawn in random
+    order anyway), which a warning says.
+
     Defaults that differ from `SFTConfig`: checkpointing is set through `activation_checkpointing` (on, as in TRL);
     on a machine without a GPU `bf16` defaults to off (TRL turns it on, which transformers refuses on a CPU) and
     `dataloader_pin_memory` to off; several processes without a GPU set `use_cpu=True`, without which transformers

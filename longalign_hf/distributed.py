@@ -22,9 +22,7 @@ def is_gloo_worker() -> bool:
     """Whether this process is one of several joined by a gloo process group."""
     import torch.distributed as dist
 
-    return (
-        dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() == "gloo"
-    )
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() == "gloo"
 
 
 def _flush_and_exit(exit_code: int) -> None:

@@ -1,12 +1,20 @@
-"""Hub dataset builders (`longalign data build ...`)."""
+"""Hub dataset builders (`longalign data build ...`), Self-Instruct generation and SFT data mixing."""
 
 from __future__ import annotations
 
 import argparse
-
-from longalign_hf.data.longbench_chat import LongBenchChatBuilder
+from typing import Any
 
 __all__ = ["LongBenchChatBuilder", "build_subparsers"]
+
+
+def __getattr__(name: str) -> Any:
+    # The builder subclasses a `datasets` class: imported on first use, so the command's help stays light.
+    if name == "LongBenchChatBuilder":
+        from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
+
+        return LongBenchChatBuilder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_subparsers(data_subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction:

@@ -56,16 +56,6 @@ DESCRIPTION = (
     "(LongAlign, Bai et al., 2024)."
 )
 HOMEPAGE = "https://github.com/THUDM/LongAlign/tree/main/LongBench_Chat"
-# Names the builder module defined here before it moved: looked up (and `datasets` imported) only when asked for.
-_BUILDER_NAMES = ("FEATURES", "LongBenchChatBuilder", "LongBenchChatConfig")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _BUILDER_NAMES:
-        from longalign_hf.data import longbench_chat_builder
-
-        return getattr(longbench_chat_builder, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def git_blob_sha1(data: bytes) -> str:
