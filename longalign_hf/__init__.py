@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "JudgeClient": "longalign_hf.judge",
     "PACKED_SDPA": "longalign_hf.packed_attention",
+    "VARLEN_PACKED": "longalign_hf.varlen_attention",
     "LongAlignConfig": "longalign_hf.config",
     "LongAlignDataCollator": "longalign_hf.collator",
     "LongAlignSFTTrainer": "longalign_hf.trainer",
@@ -34,6 +35,7 @@ __all__ = [
     "LongAlignSFTTrainer",
     "LongBenchChatBuilder",
     "SortedBatchSampler",
+    "VARLEN_PACKED",
     "pack_dataset",
     "pack_stats",
     "plan_packs",
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .packing import pack_stats, plan_packs, split_packs
     from .sampler import SortedBatchSampler
     from .trainer import LongAlignSFTTrainer
+    from .varlen_attention import VARLEN_PACKED
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,8 @@ mask. `sdpa_packed` instead cuts the row at the sample boundaries (`cu_seq_lens_
 the restarts of `position_ids`) and runs causal SDPA on each sample, like FlashAttention-2's varlen kernel does.
 Padded batches (with an attention mask) go through plain `sdpa` unchanged.
 
-Importing `longalign_hf` registers it with transformers' `AttentionInterface` and `AttentionMaskInterface`.
+Importing this module (the trainer, `longalign_hf.attention` and `longalign_hf.varlen_attention` do) registers it
+with transformers' `AttentionInterface` and `AttentionMaskInterface`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
+from .attention import PACKING_HUB_KERNELS, hub_kernel_repo, varlen_unavailable
 from .collator import (
     BOOKKEEPING_KEYS,
     LOSS_NUM_TARGETS,
@@ -27,12 +28,16 @@ from .packed_dataset import pack_dataset
 from .packing import balanced_pack_order, sample_cost, step_efficiency
 from .sampler import SortedBatchSampler
 from .sft_data import prepare_sft_dataset
+from .varlen_attention import VARLEN_PACKED
 
 logger = logging.getLogger(__name__)
 
 # Attention backends that keep packed samples apart: eager/sdpa through the block-diagonal mask that transformers
-# derives from restarting position ids, FlashAttention through `cu_seq_lens`.
-ISOLATING_ATTENTION = ("eager", "sdpa", PACKED_SDPA, "flash_attention_2", "flash_attention_3")
+# derives from restarting position ids; sdpa_packed, varlen_packed, FlashAttention and its Hub kernels (any revision)
+# through `cu_seq_lens`.
+ISOLATING_ATTENTION = (
+    "eager", "sdpa", PACKED_SDPA, VARLEN_PACKED, "flash_attention_2", "flash_attention_3", *PACKING_HUB_KERNELS,
+)  # fmt: skip
 
 
 class LongAlignSFTTrainer(SFTTrainer):
@@ -248,15 +253,28 @@ class LongAlignSFTTrainer(SFTTrainer):
             return
         backend = self.model.config._attn_implementation
         if backend == "sdpa":
-            # Same kernels, but attention per sample instead of a block-diagonal mask over the whole pack.
-            self.model.set_attn_implementation(PACKED_SDPA)
-            logger.info("Packed rows: attention %r -> %r (SDPA per sample, no pack-wide mask)", backend, PACKED_SDPA)
+            # Attention per sample instead of a block-diagonal mask over the whole pack: PyTorch's varlen kernel where
+            # it runs, SDPA per sample elsewhere.
+            if varlen_unavailable() is None:
+                target, how = VARLEN_PACKED, "PyTorch's FlashAttention varlen kernel over cu_seq_lens"
+            else:
+                target, how = PACKED_SDPA, "SDPA per sample, no pack-wide mask"
+            self.model.set_attn_implementation(target)
+            logger.info("Packed rows: attention %r -> %r (%s)", backend, target, how)
             return
-        if backend not in ISOLATING_ATTENTION:
+        if backend in ISOLATING_ATTENTION or hub_kernel_repo(backend) in ISOLATING_ATTENTION:
+            return
+        if hub_kernel_repo(backend) is not None:
             raise ValueError(
-                f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "
-                f"Use one of {', '.join(ISOLATING_ATTENTION)} (`--attn_implementation`), or `--batching sort`."
+                f"Hub kernel {backend!r} cannot be trusted to keep packed samples apart: transformers cuts packed rows "
+                "at `cu_seq_lens` only for the kernels it runs through its FlashAttention wrapper, the FlashAttention "
+                f"2/3 builds {', '.join(PACKING_HUB_KERNELS)} (`@revision` allowed). Use one of those, "
+                f"'flash_attention_2' or {VARLEN_PACKED!r} (`--attn_implementation`), or `--batching sort`."
             )
+        raise ValueError(
+            f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "
+            f"Use one of {', '.join(ISOLATING_ATTENTION)} (`--attn_implementation`), or `--batching sort`."
+        )
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:

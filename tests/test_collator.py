@@ -1,8 +1,13 @@
+import functools
+import logging
+
 import pytest
 import torch
 
-from longalign_hf import LongAlignDataCollator
+from longalign_hf import LongAlignDataCollator, varlen_attention
+from longalign_hf.packed_attention import PACKED_SDPA
 from longalign_hf.tiny import build_tiny_model
+from longalign_hf.varlen_attention import VARLEN_PACKED
 
 A = {"input_ids": [11, 12, 13], "labels": [-100, -100, 13]}
 B = {"input_ids": [21, 22], "labels": [-100, 22]}
@@ -90,21 +95,23 @@ def _samples(vocab_size: int, lengths=(7, 19, 1, 12)):
 
 
 def _max_pack_error(model, samples, **extra):
+    """Largest difference between a sample's logits in the pack and its logits alone (on the model's device)."""
     collator = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)
     batch = collator([{"input_ids": ids, "labels": ids} for ids in samples])
     batch.pop("labels")
     batch.update(extra)
-    packed = model(**batch).logits[0]
+    batch = {key: value.to(model.device) if torch.is_tensor(value) else value for key, value in batch.items()}
+    packed = model(**batch).logits[0].float()
     error, start = 0.0, 0
     for ids in samples:
-        alone = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
+        alone = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0].float()
         error = max(error, (packed[start : start + len(ids)] - alone).abs().max().item())
         start += len(ids)
     return error
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-@pytest.mark.parametrize("attention", ["eager", "sdpa", "sdpa_packed"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa", PACKED_SDPA, VARLEN_PACKED])  # varlen: sdpa_packed on CPU
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_packed_samples_do_not_attend_to_each_other(tokenizer, architecture, attention, checkpointing):
     model = build_tiny_model(tokenizer, architecture=architecture, seed=1)
@@ -125,26 +132,71 @@ def test_the_isolation_check_can_fail(tokenizer):
     assert _max_pack_error(model, samples, attention_mask=mask) > 1e-2
 
 
+def test_the_trainer_accepts_varlen_packed_and_on_cpu_it_falls_back_and_isolates(
+    tokenizer, tmp_path, monkeypatch, caplog
+):
+    import datasets
+
+    from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+
+    monkeypatch.setattr(varlen_attention, "_reported", set())
+    model = build_tiny_model(tokenizer, seed=1, max_position_embeddings=256)
+    model.config._attn_implementation = VARLEN_PACKED
+    args = LongAlignConfig(output_dir=str(tmp_path), max_length=256, max_steps=1, report_to="none", use_cpu=True,
+                           save_strategy="no", batching="pack", per_device_train_batch_size=1)  # fmt: skip
+    dataset = datasets.Dataset.from_list([{"input_ids": ids, "labels": ids} for ids in _samples(len(tokenizer))])
+    trainer = LongAlignSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    assert trainer.model.config._attn_implementation == VARLEN_PACKED  # kept, not turned into sdpa_packed
+    trainer.model.train()
+    with caplog.at_level(logging.WARNING, logger=varlen_attention.__name__):
+        assert _max_pack_error(trainer.model, _samples(len(tokenizer))) < 1e-4
+    assert [record.getMessage() for record in caplog.records if record.name == varlen_attention.__name__] == [
+        "varlen_packed: tensors on cpu, not a CUDA GPU, so this attention runs sdpa_packed"
+    ]
+
+
+# On a GPU, every CUDA backend that cuts packed rows, in float32 and bfloat16 (`varlen_packed` runs its kernel in
+# bfloat16 and falls back to `sdpa_packed` in float32). Tolerances: the tiny models' logits are below ~0.7, and letting
+# samples attend to each other moves them by ~0.6 (the negative control above). float32 differs only in summation
+# order (~1e-7 on CPU); 1e-3 leaves room for TF32 matmuls, should a library turn them on. bfloat16 keeps 8
+# significant bits (~2.4 decimal digits), so every layer's activations round at ~2^-9 relative and a packed row
+# (different kernel tiling than the sample alone) may differ by a few units in the last place of 0.5-1 logits
+# (2^-8 ~= 4e-3): 2e-2 is ~5 such units, still 30x below the mixing error.
+GPU_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 2e-2}
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-def test_flash_attention_2_isolation_on_gpu(tokenizer, architecture):
-    pytest.importorskip("flash_attn")
-    model = build_tiny_model(tokenizer, architecture=architecture, seed=1).cuda().to(torch.bfloat16)
-    model.config._attn_implementation = "flash_attention_2"
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("attention", [VARLEN_PACKED, PACKED_SDPA, "flash_attention_2"])
+def test_packed_samples_do_not_attend_to_each_other_on_gpu(
+    tokenizer, monkeypatch, caplog, architecture, dtype, attention
+):
+    if attention == "flash_attention_2":
+        pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+        if dtype == torch.float32:
+            pytest.skip("FlashAttention-2 takes float16/bfloat16 only")
+    model = build_tiny_model(tokenizer, architecture=architecture, seed=1).to("cuda", dtype)
+    model.set_attn_implementation(attention)
     model.train()
-    samples = _samples(len(tokenizer))
-    collator = LongAlignDataCollator(pad_token_id=0, return_loss_bookkeeping=False)
-    batch = {
-        k: v.cuda() if torch.is_tensor(v) else v
-        for k, v in collator([{"input_ids": s, "labels": s} for s in samples]).items()
-    }
-    batch.pop("labels")
-    packed = model(**batch).logits[0].float()
-    start = 0
-    for ids in samples:
-        alone = model(input_ids=torch.tensor([ids], device="cuda"), use_cache=False).logits[0].float()
-        assert (packed[start : start + len(ids)] - alone).abs().max().item() < 2e-2  # bf16
-        start += len(ids)
+    kernel_calls = []
+    if varlen_attention.varlen_attn is not None:  # count the real kernel's calls, to say which backend ran
+        real = varlen_attention.varlen_attn
+        counted = functools.wraps(real)(lambda *args, **kwargs: kernel_calls.append(1) or real(*args, **kwargs))
+        monkeypatch.setattr(varlen_attention, "varlen_attn", counted)
+    monkeypatch.setattr(varlen_attention, "_reported", set())
+    with caplog.at_level(logging.WARNING, logger=varlen_attention.__name__):
+        error = _max_pack_error(model, _samples(len(tokenizer)))
+    ran = attention
+    if attention == VARLEN_PACKED:
+        why = [record.getMessage() for record in caplog.records if record.name == varlen_attention.__name__]
+        ran = "varlen_attn kernel" if kernel_calls else f"sdpa_packed fallback ({why})"
+    print(f"{architecture} {dtype} {attention}: ran {ran} on {torch.cuda.get_device_name()} with torch "
+          f"{torch.__version__}; max |packed - alone| = {error:.2e}")  # fmt: skip
+    assert error < GPU_TOLERANCE[dtype]
+    if attention == VARLEN_PACKED:
+        can_run = varlen_attention.varlen_attn is not None and varlen_attention._device_reason(model.device) is None
+        assert bool(kernel_calls) == (can_run and dtype == torch.bfloat16), ran
 
 
 def test_pack_dataset_splits_packs_to_a_multiple(tokenizer, caplog):
