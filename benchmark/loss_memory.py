@@ -4,15 +4,21 @@
 LongAlign's per-sample weighting and the backward pass into the hidden states and the head. Ours is what
 `LongAlignSFTTrainer` runs: TRL's chunked log-probabilities (`trl.kernels.ChunkedLogProbFunction`, the fused LM head:
 tiles of 4096 tokens x 32768 vocabulary entries) followed by `weighted_nll_sum`. The reference builds the full
-`[tokens, vocab]` logits, takes `log_softmax` and gathers, as a plain PyTorch loss does.
+`[tokens, vocab]` logits, takes `log_softmax` in fp32 and gathers, as a plain PyTorch / transformers loss does.
 
-Each measurement runs in a fresh process and reports its peak resident memory (`ru_maxrss`) above the memory held
-once the inputs exist, so it counts the loss's own tensors on this CPU (on a GPU the same tensors would be allocated
-in device memory). Full logits at 32k+ tokens and a 128k vocabulary need tens of GiB: sizes whose estimate does not
-fit in `--memory-limit-gib` are not run, and the table extrapolates them linearly in tokens from the largest size
-that ran (marked `~`).
+On the CPU (default) each measurement runs in a fresh process and reports its peak resident memory (`ru_maxrss`)
+above the memory held once the inputs exist, in fp32 with a tiny hidden size: it counts the loss's own tensors.
+Full logits at 32k+ tokens and a 128k vocabulary need tens of GiB: sizes whose estimate does not fit in
+`--memory-limit-gib` are not run, and the table extrapolates them linearly in tokens from the largest size that ran
+(marked `~`).
 
-    python benchmark/loss_memory.py                  # 8k / 32k / 64k tokens, 128k vocabulary, hidden size 64
+`--device cuda` measures on the GPU what training allocates there: bf16 hidden states and head of Llama-3-8B's
+hidden size (4096), the peak of `torch.cuda.max_memory_allocated` above the inputs, in one process (the peak
+statistics are reset per measurement). A full-logits size that runs out of GPU memory is extrapolated like a
+skipped one. Without a CUDA device it prints that it skipped and exits 0.
+
+    python benchmark/loss_memory.py                  # 4k / 8k / 32k / 64k tokens, 128k vocabulary, hidden size 64
+    python benchmark/loss_memory.py --device cuda    # the same on the GPU: bf16, hidden size 4096
     python benchmark/loss_memory.py --quick          # a smoke test (small sizes)
 """
 
@@ -34,50 +40,84 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
-def _measure(path: str, tokens: int, vocab: int, hidden: int) -> int:
+def _measure(path: str, tokens: int, vocab: int, hidden: int, device: str = "cpu") -> int:
     """Peak memory (bytes) of one loss forward + backward, above the memory of its inputs."""
     import torch
 
     from longalign_hf.loss import weighted_nll_sum
 
+    cuda = device == "cuda"
     torch.set_num_threads(2)
-    generator = torch.Generator().manual_seed(0)
-    hidden_states = torch.randn(tokens, hidden, generator=generator, requires_grad=True)
-    head = torch.randn(vocab, hidden, generator=generator).mul_(0.02).requires_grad_()
-    labels = torch.randint(0, vocab, (tokens,), generator=generator)
-    sample_ids = torch.arange(tokens + 1).div(512, rounding_mode="floor")[None]  # samples of 512 tokens
-    num_targets = torch.bincount(sample_ids[0, 1:])
-    mask = torch.ones(1, tokens, dtype=torch.bool)
-    baseline = _rss_bytes()
+    dtype = torch.bfloat16 if cuda else torch.float32  # training's dtype on a GPU; fp32 on the CPU
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.device(device):
+        hidden_states = torch.randn(tokens, hidden, generator=generator, dtype=dtype, requires_grad=True)
+        head = torch.randn(vocab, hidden, generator=generator, dtype=dtype).mul_(0.02).requires_grad_()
+        labels = torch.randint(0, vocab, (tokens,), generator=generator)
+        sample_ids = torch.arange(tokens + 1).div(512, rounding_mode="floor")[None]  # samples of 512 tokens
+        num_targets = torch.bincount(sample_ids[0, 1:])
+        mask = torch.ones(1, tokens, dtype=torch.bool)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        baseline = torch.cuda.memory_allocated()
+    else:
+        baseline = _rss_bytes()
 
     if path == "chunked":
         from trl.kernels import ChunkedLogProbFunction
 
         log_probs = ChunkedLogProbFunction.apply(hidden_states, head, None, labels, 1.0, 32768, None, 1.0, ())[0]
     else:
-        log_probs = torch.log_softmax(hidden_states @ head.T, dim=-1).gather(-1, labels[:, None])[:, 0]
+        logits = (hidden_states @ head.T).float()
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, labels[:, None])[:, 0]
     loss = weighted_nll_sum(log_probs[None], mask, sample_ids, num_targets, "sequence") / num_targets.numel()
     loss.backward()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if cuda:
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return max(peak - baseline, 0)
 
 
-def _full_logits_estimate(tokens: int, vocab: int) -> int:
-    # logits, their log_softmax and the gradient of each: four fp32 [tokens, vocab] tensors at the peak.
-    return 4 * tokens * vocab * 4
+def _measure_cuda(path: str, tokens: int, vocab: int, hidden: int) -> int | None:
+    """`_measure` on the GPU, in this process; `None` when it runs out of GPU memory."""
+    import gc
+
+    import torch
+
+    try:
+        return _measure(path, tokens, vocab, hidden, "cuda")
+    except torch.cuda.OutOfMemoryError:
+        pass
+    gc.collect()  # here, once the error and the frames it held are gone
+    torch.cuda.empty_cache()
+    return None
 
 
-def run(token_counts: list[int], vocab: int, hidden: int, memory_limit_gib: float) -> list[dict]:
+def _full_logits_estimate(tokens: int, vocab: int, device: str = "cpu") -> int:
+    # CPU: logits, their log_softmax and the gradient of each, four fp32 [tokens, vocab] tensors at the peak. GPU:
+    # bf16 logits and their gradient, plus the fp32 upcast, its log_softmax and their gradients.
+    return (2 * 2 + 3 * 4 if device == "cuda" else 4 * 4) * tokens * vocab
+
+
+def run(token_counts: list[int], vocab: int, hidden: int, memory_limit_gib: float, device: str = "cpu") -> list[dict]:
     results = []
     for tokens in token_counts:
-        row = {"tokens": tokens}
+        row = {"tokens": tokens, "full_oom": False}
         for path in ("chunked", "full"):
-            if path == "full" and _full_logits_estimate(tokens, vocab) > memory_limit_gib * 2**30:
+            if path == "full" and _full_logits_estimate(tokens, vocab, device) > memory_limit_gib * 2**30:
                 row[path], row[f"{path}_measured"] = None, False
                 continue
-            command = [sys.executable, __file__, "--worker", path, str(tokens), str(vocab), str(hidden)]
-            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            row[path], row[f"{path}_measured"] = json.loads(output.strip().splitlines()[-1])["peak_bytes"], True
+            if device == "cuda":
+                row[path] = _measure_cuda(path, tokens, vocab, hidden)
+                row["full_oom"] |= path == "full" and row[path] is None
+            else:
+                command = [sys.executable, __file__, "--worker", path, str(tokens), str(vocab), str(hidden)]
+                output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+                row[path] = json.loads(output.strip().splitlines()[-1])["peak_bytes"]
+            row[f"{path}_measured"] = row[path] is not None
         results.append(row)
     measured = [row for row in results if row["full_measured"]]
     for row in results:
@@ -89,14 +129,17 @@ def run(token_counts: list[int], vocab: int, hidden: int, memory_limit_gib: floa
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the loss runs")
     parser.add_argument("--tokens", default="4096,8192,32768,65536", help="comma-separated token counts")
     parser.add_argument("--vocab", type=int, default=128256, help="vocabulary size (Llama-3's by default)")
     parser.add_argument(
-        "--hidden", type=int, default=64, help="hidden size (tiny: the loss, not the model, is measured)"
-    )
+        "--hidden", type=int, help="hidden size (default 64 on the CPU: the loss, not the model, is measured; 4096 "
+        "on a GPU)"
+    )  # fmt: skip
     parser.add_argument(
-        "--memory-limit-gib", type=float, default=10.0, help="skip full-logits runs estimated above this"
-    )
+        "--memory-limit-gib", type=float, help="skip full-logits runs estimated above this (default 10; on a GPU, "
+        "its memory)"
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--worker", nargs=4, metavar=("PATH", "TOKENS", "VOCAB", "HIDDEN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -104,11 +147,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         path, tokens, vocab, hidden = args.worker
         print(json.dumps({"peak_bytes": _measure(path, int(tokens), int(vocab), int(hidden))}))
         return []
+    print_header("benchmark/loss_memory.py", sys.argv[1:] if argv is None else argv)
+    import torch
+
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("No CUDA device: skipped (`--device cuda` needs a GPU; without it the loss is measured on the CPU).")
+        return []
     if args.quick:
         args.tokens, args.vocab = "256,1024", 8192
-    print_header("benchmark/loss_memory.py", sys.argv[1:] if argv is None else argv)
+    if args.hidden is None:
+        args.hidden = 4096 if cuda else 64
+    if args.memory_limit_gib is None:
+        args.memory_limit_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else 10.0
     token_counts = [int(value) for value in args.tokens.split(",")]
-    results = run(token_counts, args.vocab, args.hidden, args.memory_limit_gib)
+    results = run(token_counts, args.vocab, args.hidden, args.memory_limit_gib, args.device)
     rows = []
     for row in results:
         full = "-" if row["full"] is None else f"{'' if row['full_measured'] else '~'}{row['full'] / 2**30:.2f}"
@@ -120,9 +173,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             else ""
         )
         rows.append([f"{row['tokens']:,}", f"{row['chunked'] / 2**30:.2f}", full, ratio, target, status])
-    print(f"\nLoss forward + backward, vocabulary {args.vocab:,}, hidden size {args.hidden} (GiB of peak memory)\n")
+    where = (
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16"
+        if cuda
+        else f"CPU, torch {torch.__version__}, fp32"
+    )
+    print(
+        f"\nLoss forward + backward, vocabulary {args.vocab:,}, hidden size {args.hidden}, {where} (GiB of peak "
+        "memory)\n"
+    )
     print_table(["tokens", "ours (chunked)", "full logits", "ours / full", "target", "status"], rows)
     print("\n~ = extrapolated linearly in tokens from the largest full-logits size that ran")
+    if any(row["full_oom"] for row in results):
+        print("(full logits ran out of GPU memory at the sizes marked ~ that were tried)")
     return results
 
 

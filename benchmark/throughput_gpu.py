@@ -3,9 +3,12 @@
 A real-sized model with random weights (default `1b`: TinyLlama's shape, hidden 2048, 22 layers, 32 query / 4 KV
 heads, MLP 5632, vocabulary 32000, ~1.1B parameters) trains in bf16 on random tokens whose lengths follow
 `long_tailed_lengths` (one long sample in ten, spread over max_length/8 .. max_length), one epoch per mode, for each
-attention backend that can run: `sdpa` (packed rows run as `sdpa_packed`, SDPA per sample) and `flash_attention_2`
-when flash-attn is installed. Every mode first trains a few warm-up steps that are not timed. The table gives
-tokens/s (real tokens, no padding), samples/s, each mode over naive batching, peak GPU memory and MFU.
+attention backend that can run: `varlen_packed` (PyTorch's varlen FlashAttention kernel, what `choose_attention()`
+picks on a GPU without flash-attn), `sdpa_packed` (SDPA per sample) and `flash_attention_2` when flash-attn is
+installed. The modes: naive, sort, and packing with token and with sequence loss weighting (the weighting costs the
+same; both are shown because both are offered). Every mode first trains a few warm-up steps that are not timed. The
+table gives tokens/s (real tokens, no padding), samples/s, each mode over naive batching, peak GPU memory and MFU;
+on an H100 it also checks the targets of issue 13 (packing >= 2x naive tokens/s, MFU >= 45%).
 
 MFU = model FLOPs / (seconds x the device's dense bf16 peak). Model FLOPs of a trained sample of L tokens are
 `6 N L + 6 n_layers h L^2`: N counts the parameters used as matrices (all but the input embedding, unless it is tied
@@ -18,11 +21,14 @@ Naive and sorted batching train `--batch-size` samples per step (padded), packin
 On one GPU with batch size 1 they do the same work: their difference in the paper comes from 8 devices waiting for
 the slowest (see `benchmark/efficiency.py`); a larger `--batch-size` shows what padding costs them.
 
+Each run prints a progress line as it ends, so a run stopped early still shows what it measured; `--time-budget`
+skips the runs that would not end within it (the table says so).
+
 Without a CUDA device it prints that it skipped and exits 0. `--device cpu --quick` runs the same code with a tiny
-model on the CPU (the test suite's smoke test; MFU is n/a there).
+model on the CPU (the test suite's smoke test; MFU is n/a there, and `varlen_packed` runs as `sdpa_packed`).
 
     python benchmark/throughput_gpu.py
-    python benchmark/throughput_gpu.py --attention sdpa --max-length 32768 --samples 512
+    python benchmark/throughput_gpu.py --attention varlen_packed --max-length 32768 --samples 512
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import datasets
 import numpy as np
 import torch
 from _lengths import long_tailed_lengths, print_header, print_table
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig, PrinterCallback
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.attention import flash_attn_available
@@ -55,8 +61,16 @@ PEAK_BF16_TFLOPS = (
     ("L40", 181.0),
     ("L4", 121.0),
 )
-MODES = ("naive", "sort", "pack")
+# mode -> (batching, loss_weighting)
+MODES = {
+    "naive": ("naive", "sequence"),
+    "sort": ("sort", "sequence"),
+    "pack (token)": ("pack", "token"),
+    "pack (sequence)": ("pack", "sequence"),
+}
 WARMUP_STEPS = 3
+# Issue 13's targets, set for an H100: packing at least 2x naive batching's tokens/s, and MFU at least 45%.
+TARGET_DEVICE, TARGET_VS_NAIVE, TARGET_MFU = "H100", 2.0, 0.45
 
 
 def model_config(size: str, vocab_size: int, max_length: int):
@@ -123,15 +137,14 @@ def random_dataset(lengths: np.ndarray, vocab_size: int, seed: int) -> datasets.
     return datasets.Dataset.from_dict({"input_ids": input_ids, "labels": labels})
 
 
-def train_epoch(
-    model, tokenizer, dataset, batching: str, args: argparse.Namespace, output_dir: str, **limits
-) -> float:
-    """Train `model` on `dataset` with `batching` and return the seconds of training (`train_runtime`)."""
+def train_epoch(model, tokenizer, dataset, mode: str, args: argparse.Namespace, output_dir: str, **limits) -> float:
+    """Train `model` on `dataset` in `mode` (a key of `MODES`) and return the seconds of training (`train_runtime`)."""
     cuda = args.device == "cuda"
+    batching, loss_weighting = MODES[mode]
     config = LongAlignConfig(
         output_dir=output_dir,
         batching=batching,
-        loss_weighting="sequence",
+        loss_weighting=loss_weighting,
         max_length=args.max_length,
         per_device_train_batch_size=1 if batching == "pack" else args.batch_size,
         gradient_accumulation_steps=1,
@@ -148,9 +161,23 @@ def train_epoch(
         **limits,
     )
     trainer = LongAlignSFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer.remove_callback(PrinterCallback)  # keeps stdout to the progress lines and the table
     if cuda:
         torch.cuda.synchronize()
     return trainer.train().metrics["train_runtime"]
+
+
+def runnable_attention(requested: list[str], device: torch.device) -> tuple[list[str], list[str]]:
+    """The requested backends that can run on `device`, and a note for each one that cannot."""
+    backends, notes = [], []
+    for name in requested:
+        if name.startswith("flash_attention") and not (device.type == "cuda" and flash_attn_available()):
+            notes.append(f"{name}: flash-attn is not installed or the device is not a CUDA GPU")
+        elif name not in AttentionInterface._global_mapping and name not in ("eager", "sdpa"):
+            notes.append(f"{name}: no such attention backend is registered")
+        else:
+            backends.append(name)
+    return backends, notes
 
 
 def run(args: argparse.Namespace) -> tuple[list[dict], str, int]:
@@ -166,14 +193,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str, int]:
     dataset = random_dataset(lengths, args.vocab_size, seed=0)
     tokenizer = build_byte_tokenizer()
     config = model_config(args.size, args.vocab_size, args.max_length)
-    requested = args.attention.split(",")
-    can_flash = device.type == "cuda" and flash_attn_available()
-    backends = [name for name in requested if name != "flash_attention_2" or can_flash]
-    if len(backends) < len(requested):
-        print("# skipped flash_attention_2: flash-attn is not installed or the device is not a CUDA GPU")
-    results, num_matrix = [], 0
+    backends, notes = runnable_attention(args.attention.split(","), device)
+    for note in notes:
+        print(f"# skipped {note}")
+    results, num_matrix, started, longest = [], 0, time.perf_counter(), 0.0
     for backend in backends:
         for mode in MODES:
+            row = {"attention": backend, "mode": mode, "samples": len(lengths), "tokens": int(lengths.sum())}
+            results.append(row)
+            if args.time_budget and time.perf_counter() - started + longest > args.time_budget:
+                row["seconds"] = None  # the last run's length would overrun the budget
+                continue
+            run_started = time.perf_counter()
             # A fresh model per run: each trainer wraps the model's forward (autocast) and may switch its attention.
             with tempfile.TemporaryDirectory() as tmp:
                 train_epoch(build_model(config, backend, device), tokenizer, dataset, mode, args, tmp,
@@ -182,36 +213,66 @@ def run(args: argparse.Namespace) -> tuple[list[dict], str, int]:
                 model = build_model(config, backend, device)
                 num_matrix = matrix_parameters(model)
                 seconds = train_epoch(model, tokenizer, dataset, mode, args, tmp)
-            peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             del model
             _release(device)
             flops = model_flops(lengths, config, num_matrix)
-            results.append({
-                "attention": backend, "mode": mode, "samples": len(lengths), "tokens": int(lengths.sum()),
-                "seconds": seconds, "peak_gib": peak_gib,
-                "mfu": flops / (seconds * peak * 1e12) if peak else None,
-            })  # fmt: skip
+            row["seconds"], row["mfu"] = seconds, flops / (seconds * peak * 1e12) if peak else None
+            longest = max(longest, time.perf_counter() - run_started)
+            print(f"# {backend} {mode}: {seconds:.1f} s, {row['tokens'] / seconds:,.0f} tokens/s, MFU {_mfu(row)}")
     return _with_ratios(results), device_name, num_matrix
 
 
 def _with_ratios(results: list[dict]) -> list[dict]:
     for result in results:
         naive = next(r for r in results if r["attention"] == result["attention"] and r["mode"] == "naive")
-        result["vs_naive"] = naive["seconds"] / result["seconds"]
+        measured = result["seconds"] is not None and naive["seconds"] is not None
+        result["vs_naive"] = naive["seconds"] / result["seconds"] if measured else None
     return results
+
+
+def _mfu(result: dict) -> str:
+    return "n/a" if result.get("mfu") is None else f"{result['mfu']:.1%}"
+
+
+def _target(result: dict, device_name: str) -> tuple[str, str]:
+    """The target and PASS/FAIL cells of a packing row on the target device; empty elsewhere."""
+    if TARGET_DEVICE not in device_name or not result["mode"].startswith("pack") or result["vs_naive"] is None:
+        return "", ""
+    passed = result["vs_naive"] >= TARGET_VS_NAIVE and result["mfu"] is not None and result["mfu"] >= TARGET_MFU
+    return f">= {TARGET_VS_NAIVE:.0f}x, MFU >= {TARGET_MFU:.0%}", "PASS" if passed else "FAIL"
+
+
+def print_results(results: list[dict], device_name: str) -> None:
+    """The Markdown table of `run`'s results; runs skipped for the time budget show as such."""
+    rows = []
+    for r in results:
+        if r["seconds"] is None:
+            rows.append([r["attention"], r["mode"], "not run (time budget)", *[""] * 7])
+            continue
+        rows.append([
+            r["attention"], r["mode"], f"{r['seconds']:.1f}", f"{r['tokens'] / r['seconds']:,.0f}",
+            f"{r['samples'] / r['seconds']:.2f}", "n/a" if r["vs_naive"] is None else f"{r['vs_naive']:.2f}x",
+            "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}", _mfu(r), *_target(r, device_name),
+        ])  # fmt: skip
+    columns = ["attention", "mode", "seconds", "tokens/s", "samples/s", "vs naive", "peak GiB", "MFU", "target"]
+    print_table([*columns, "status"], rows)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--size", choices=("1b", "tiny"), default="1b", help="model shape (random weights)")
-    parser.add_argument("--attention", default="sdpa,flash_attention_2", help="comma-separated backends")
+    parser.add_argument(
+        "--attention", default="varlen_packed,sdpa_packed,flash_attention_2", help="comma-separated backends"
+    )
     parser.add_argument("--max-length", type=int, default=16384, help="longest sample and pack size")
-    parser.add_argument("--samples", type=int, default=640, help="samples in the epoch (one in ten long)")
+    parser.add_argument("--samples", type=int, help="samples in the epoch, one in ten long (default 640; --quick 20)")
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--batch-size", type=int, default=1, help="samples per step for naive and sorted batching")
     parser.add_argument("--no-activation-checkpointing", dest="activation_checkpointing", action="store_false")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak of the device, for MFU")
+    parser.add_argument("--time-budget", type=float, help="seconds: runs that would end later are not started")
     parser.add_argument("--quick", action="store_true", help="tiny model, short samples: a smoke test")
     args = parser.parse_args(argv)
     print_header("benchmark/throughput_gpu.py", sys.argv[1:] if argv is None else argv)
@@ -222,27 +283,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{torch.cuda.get_device_name()} has no bf16 support (pre-Ampere): skipped.")
         return []
     if args.quick:
-        args.size, args.max_length, args.samples, args.vocab_size = "tiny", 512, 20, 300
+        args.size, args.max_length, args.vocab_size = "tiny", 512, 300
         args.activation_checkpointing = False
+    if args.samples is None:
+        args.samples = 20 if args.quick else 640
     started = time.perf_counter()
     results, device_name, num_matrix = run(args)
     print(
-        f"\nOne epoch per mode on {device_name}: {args.size} model ({num_matrix / 1e6:,.1f}M matrix parameters), "
-        f"{results[0]['samples'] if results else 0} samples, max length {args.max_length:,}, batch size "
-        f"{args.batch_size} (naive, sort), activation "
-        f"checkpointing {'on' if args.activation_checkpointing else 'off'}; {time.perf_counter() - started:.0f} s "
-        "in all\n"
+        f"\nOne epoch per mode on {device_name}, torch {torch.__version__}: {args.size} model "
+        f"({num_matrix / 1e6:,.1f}M matrix parameters), {results[0]['samples'] if results else 0} samples "
+        f"({results[0]['tokens'] if results else 0:,} tokens), max length {args.max_length:,}, batch size "
+        f"{args.batch_size} (naive, sort), activation checkpointing {'on' if args.activation_checkpointing else 'off'}"
+        f"; {time.perf_counter() - started:.0f} s in all\n"
     )
-    rows = [
-        [
-            r["attention"], r["mode"], f"{r['seconds']:.1f}", f"{r['tokens'] / r['seconds']:,.0f}",
-            f"{r['samples'] / r['seconds']:.2f}", f"{r['vs_naive']:.2f}x",
-            "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}",
-            "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}",
-        ]
-        for r in results
-    ]  # fmt: skip
-    print_table(["attention", "mode", "seconds", "tokens/s", "samples/s", "vs naive", "peak GiB", "MFU"], rows)
+    print_results(results, device_name)
     return results
 
 

@@ -61,14 +61,89 @@ def test_throughput_gpu_flop_count_and_peaks(benchmark):
     assert module.peak_tflops("Tesla T4") is None
 
 
-@pytest.mark.slow
-def test_throughput_gpu_runs_on_cpu(benchmark, capsys):
-    results = benchmark("throughput_gpu").main(["--device", "cpu", "--quick", "--attention", "sdpa"])
+def test_throughput_gpu_skips_backends_that_cannot_run_and_runs_past_the_budget(benchmark, capsys):
+    module = benchmark("throughput_gpu")
+    attention = "varlen_packed,sdpa_packed,flash_attention_2,no_such_backend"
+    results = module.main(["--device", "cpu", "--quick", "--attention", attention, "--time-budget", "1e-9"])
     out = capsys.readouterr().out
-    assert "| attention | mode | seconds | tokens/s | samples/s | vs naive | peak GiB | MFU |" in out
-    assert [(r["attention"], r["mode"]) for r in results] == [("sdpa", m) for m in ("naive", "sort", "pack")]
-    assert len({(r["samples"], r["tokens"]) for r in results}) == 1
-    assert all(r["mfu"] is None and r["seconds"] > 0 for r in results)
+    if not torch.cuda.is_available():
+        assert "# skipped flash_attention_2: flash-attn is not installed" in out
+    assert "# skipped no_such_backend: no such attention backend is registered" in out
+    # No run fits a budget of 1e-9 s: every row says so, and nothing was trained.
+    assert [(r["attention"], r["seconds"]) for r in results] == [("varlen_packed", None)] * 4 + [
+        ("sdpa_packed", None)
+    ] * 4
+    assert out.count("not run (time budget)") == 8
+
+
+def test_throughput_gpu_checks_the_targets_on_an_h100_only(benchmark):
+    module = benchmark("throughput_gpu")
+    row = {"mode": "pack (sequence)", "vs_naive": 2.3, "mfu": 0.47}
+    assert module._target(row, "NVIDIA H100 80GB HBM3") == (">= 2x, MFU >= 45%", "PASS")
+    assert module._target({**row, "mfu": 0.40}, "NVIDIA H100 80GB HBM3")[1] == "FAIL"
+    assert module._target({**row, "vs_naive": 1.9}, "NVIDIA H100 80GB HBM3")[1] == "FAIL"
+    assert module._target(row, "NVIDIA A100-SXM4-80GB") == ("", "")
+    assert module._target({**row, "mode": "naive"}, "NVIDIA H100 80GB HBM3") == ("", "")
+
+
+def test_longest_row_search_stops_at_out_of_memory_failure_budget_and_cap(benchmark):
+    module = benchmark("longest_row")
+
+    def train(limit, fail=None):
+        def step(length):
+            if fail and length == fail:
+                raise ValueError("bad shape")
+            if length > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return length / 1000, length * 1000
+
+        return step
+
+    rows = module.search(train(limit=4096), start=1024, max_length=2**20)
+    assert [(r["length"], r["status"]) for r in rows] == [
+        (1024, "trained"), (2048, "trained"), (4096, "trained"), (8192, "out of memory"),
+    ]  # fmt: skip
+    assert rows[2]["seconds"] == 4.096 and rows[2]["peak_bytes"] == 4096000
+    rows = module.search(train(limit=2**30, fail=2048), start=1024, max_length=2**20)
+    assert rows[-1] == {"length": 2048, "status": "failed: ValueError: bad shape"}
+    assert [r["length"] for r in module.search(train(limit=2**30), start=1024, max_length=4096)] == [1024, 2048, 4096]
+    # A fake clock: each step takes the seconds it reports. 1 s, then 2 s (growth 2x: 4 s predicted for 4096 tokens,
+    # which fits 10 - 3 = 7 s), then 4 s (8 s predicted for 8192, 3 s left): not tried.
+    now = [0.0]
+
+    def timed(length):
+        now[0] += length / 1024
+        return length / 1024, None
+
+    rows = module.search(timed, start=1024, max_length=2**20, time_budget=10, clock=lambda: now[0])
+    assert [r["status"] for r in rows] == ["trained"] * 3 + ["not tried: ~8 s predicted, 3 s left"]
+
+
+def test_longest_row_recognises_out_of_memory_errors(benchmark):
+    module = benchmark("longest_row")
+    assert module.is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert module.is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
+    assert not module.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_longest_row_row_is_cut_into_samples(benchmark):
+    module = benchmark("longest_row")
+    assert [len(ids) for ids in module.row_dataset(300, 128, 1000)["input_ids"]] == [128, 128, 44]
+    assert [len(ids) for ids in module.row_dataset(300, 0, 1000)["input_ids"]] == [300]
+
+
+def test_gpu_benchmarks_skip_cleanly_without_cuda(benchmark, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present, so the benchmarks would run instead of skipping")
+    assert benchmark("longest_row").main([]) == []
+    assert "No CUDA device: skipped" in capsys.readouterr().out
+    assert benchmark("loss_memory").main(["--device", "cuda"]) == []
+    assert "No CUDA device: skipped" in capsys.readouterr().out
+
+
+def test_loss_memory_full_logits_estimate_on_the_gpu(benchmark):
+    # bf16 logits and their gradient (2 + 2 bytes) plus the fp32 upcast, its log_softmax and a gradient (3 x 4 bytes).
+    assert benchmark("loss_memory")._full_logits_estimate(32768, 128256, "cuda") == 16 * 32768 * 128256
 
 
 def test_packed_attention_quick(benchmark, capsys):
