@@ -24,8 +24,16 @@ _COMMAND_MODULES: list[tuple[str, str]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to read more, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # Subcommand parsers are made with the class of the parser that holds them: `_Parser` all the way down.
+    parser = _Parser(
         prog="longalign",
         description="LongAlign for the Hugging Face stack: build data sets, evaluate long-context models.",
     )
@@ -44,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (0 done, 1 done with results missing, 2 bad input, 130 interrupted)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the subcommand
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args([arg for arg in argv if arg != "--debug"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("httpx", "httpx2"):  # one INFO line per HTTP request would bury the progress bars
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -53,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (UserInputError, OSError) as error:
         # Bad input or an unreadable path: the message says what to do; a traceback would only bury it.
-        if args.debug:
+        if debug:
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"longalign: error: {message}", file=sys.stderr)

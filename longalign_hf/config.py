@@ -76,8 +76,11 @@ class LongAlignConfig(SFTConfig):
         default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`."}
     )
     activation_checkpointing: bool | None = field(
-        default=True,
-        metadata={"help": "Recompute activations in the backward pass to save memory (on by default, as in TRL)."},
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory. Unset: on (as in TRL), or the value "
+            "of the deprecated `gradient_checkpointing` when that is given."
+        },
     )
     batching: str = field(
         default="pack",
@@ -128,6 +131,16 @@ class LongAlignConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.activation_checkpointing is None:
+            self.activation_checkpointing = (
+                True if self.gradient_checkpointing is None else self.gradient_checkpointing
+            )
+        elif self.gradient_checkpointing is not None and self.gradient_checkpointing != self.activation_checkpointing:
+            raise ValueError(
+                f"`gradient_checkpointing={self.gradient_checkpointing}` contradicts `activation_checkpointing="
+                f"{self.activation_checkpointing}`; set only `activation_checkpointing` (the other is its deprecated "
+                "alias)."
+            )
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             # Without it, transformers starts no process group on a CPU-only machine: every process would train
             # alone on all the data.

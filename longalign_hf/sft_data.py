@@ -144,16 +144,38 @@ def mix_datasets(
     """
     if fractions is not None:
         if len(fractions) != len(parts) or any(f is None or f <= 0 for f in fractions):
-            raise ValueError(f"give one positive fraction per data set, got {fractions} for {len(parts)} sets")
+            raise UserInputError(f"give one positive fraction per data set, got {fractions} for {len(parts)} sets")
         shares = [f / sum(fractions) for f in fractions]
         total = min(len(part) / share for part, share in zip(parts, shares))
         parts = [part.select(range(min(len(part), round(share * total)))) for part, share in zip(parts, shares)]
     for index, part in enumerate(parts):
         missing = set(columns) - set(part.column_names)
         if missing:
-            raise ValueError(f"data set {index} of the mixture lacks column(s) {', '.join(sorted(missing))}")
+            raise UserInputError(f"data set {index} of the mixture lacks column(s) {', '.join(sorted(missing))}")
     parts = [part.select_columns(list(columns)) for part in parts]
     return datasets.concatenate_datasets(parts).shuffle(seed=seed)
+
+
+def check_conversations(dataset: datasets.Dataset, source: str, batch_size: int = 1000) -> None:
+    """Refuse the first row without a usable `messages` conversation, naming `source` and the row.
+
+    The same check `prepare_sft_dataset` makes while tokenizing, run on one source before it is mixed with others,
+    while its row numbers still point into its file.
+    """
+    if "messages" not in dataset.column_names:
+        raise UserInputError(
+            f"{source}: no `messages` column (columns: {', '.join(dataset.column_names)}). Chat data must hold "
+            "`messages` lists of {role, content}; convert ShareGPT `conversations` with `longalign data build sft`."
+        )
+    for start in range(0, len(dataset), batch_size):
+        for offset, messages in enumerate(dataset[start : start + batch_size]["messages"]):
+            try:
+                chat.validate_messages(messages)
+            except ConversationError as error:
+                raise UserInputError(
+                    f"{source}, row {start + offset} (rows count from 0): {error}. Fix the row, or pass "
+                    "`bad_rows='skip'` (`--bad_rows skip`) to drop and count such rows."
+                ) from None
 
 
 @dataclass

@@ -84,7 +84,7 @@ class LongAlignSFTTrainer(SFTTrainer):
         _refuse_unsupported_arguments(kwargs)
         self._check_parallelism(getattr(args, "parallelism_config", None))
         if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(name)
+            processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
         model = self._apply_template_settings(model, processing_class, args)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
@@ -235,7 +235,7 @@ class LongAlignSFTTrainer(SFTTrainer):
         packs_per_step = devices * per_device * self.args.gradient_accumulation_steps
         balance = {
             name: step_efficiency(
-                costs, balanced_pack_order(costs, packs_per_step, self.args.seed, balanced), devices, per_device
+                costs, balanced_pack_order(costs, packs_per_step, self._data_seed, balanced), devices, per_device
             )
             for name, balanced in (("balanced", True), ("random", False))
         }
@@ -280,6 +280,11 @@ class LongAlignSFTTrainer(SFTTrainer):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", "seq_lengths", "length", "cost"]
 
+    @property
+    def _data_seed(self) -> int:
+        # Like transformers' samplers: `data_seed` when set, else `seed`.
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.batching == "naive" or (self.args.batching == "pack" and self.args.pack_schedule == "random"):
@@ -290,7 +295,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             batch_size=self.args.per_device_train_batch_size,
             num_replicas=self.args.world_size,
             gradient_accumulation_steps=self.args.gradient_accumulation_steps,
-            seed=self.args.seed,
+            seed=self._data_seed,
             drop_last=self.args.dataloader_drop_last,
         )
 
@@ -423,7 +428,13 @@ class LongAlignSFTTrainer(SFTTrainer):
 
 
 def _refuse_unsupported_arguments(kwargs: dict) -> None:
-    """Refuse `SFTTrainer` arguments whose effect LongAlign's loss would silently drop."""
+    """Refuse `SFTTrainer` arguments whose effect LongAlign's data path or loss would silently drop."""
+    if kwargs.get("formatting_func") is not None:
+        raise ValueError(
+            "`formatting_func` is not supported: LongAlignSFTTrainer renders `messages` through the chat template "
+            "itself (assistant-only targets). Map your rows to `messages` first, or pass tokenized `input_ids` with "
+            "`labels`."
+        )
     if kwargs.get("compute_loss_func") is not None:
         raise ValueError(
             "`compute_loss_func` is not supported: LongAlignSFTTrainer's loss is the LongAlign-weighted NLL "

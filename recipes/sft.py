@@ -14,14 +14,23 @@ import sys
 from dataclasses import dataclass, field
 
 import datasets
+import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import (
+    DatasetMixtureConfig,
+    ModelConfig,
+    ScriptArguments,
+    TrlParser,
+    get_peft_config,
+    get_quantization_config,
+)
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.attention import choose_attention
 from longalign_hf.distributed import end_training, run_then_exit
-from longalign_hf.sft_data import load_chat_dataset, mix_datasets
+from longalign_hf.errors import UserInputError
+from longalign_hf.sft_data import check_conversations, load_chat_dataset, mix_datasets
 from longalign_hf.synthetic import long_tailed_chat_data
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 
@@ -65,19 +74,40 @@ def parse_args(argv: list[str] | None = None):
     script_args, training_args, model_args, mixture = parser.parse_args_and_config(argv)
     if model_args.model_name_or_path is None:
         # Command-line values still win: the defaults only replace the unset options.
+        defaults = dict(TINY_DEFAULTS)
+        if _given(argv, "gradient_checkpointing"):
+            defaults.pop("activation_checkpointing")  # the user set checkpointing through its deprecated alias
         parser = make_parser()
-        unused = parser.set_defaults_with_config(**TINY_DEFAULTS)
+        unused = parser.set_defaults_with_config(**defaults)
         if unused:
             raise ValueError(f"embedded default options unknown to this TRL/transformers: {unused}")
         script_args, training_args, model_args, mixture = parser.parse_args_and_config(argv)
     return script_args, training_args, model_args, mixture
 
 
+def _given(argv: list[str], option: str) -> bool:
+    """Whether `option` is set on the command line or in the `--config` YAML."""
+    if any(arg == f"--{option}" or arg.startswith(f"--{option}=") for arg in argv):
+        return True
+    if "--config" in argv[:-1]:
+        import yaml
+
+        with open(argv[argv.index("--config") + 1], encoding="utf-8") as handle:
+            return option in (yaml.safe_load(handle) or {})
+    return False
+
+
 def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignConfig):
     """The user's model by Hub id or path, or the embedded tiny one; the attention backend is chosen and logged."""
     attention, reason = choose_attention(model_args.attn_implementation)
     logger.info("Attention backend: %s (%s)", attention, reason)
+    quantization = get_quantization_config(model_args)
     if model_args.model_name_or_path is None:
+        if quantization is not None:
+            raise UserInputError(
+                "--load_in_4bit / --load_in_8bit quantize a pretrained model: give --model_name_or_path (the embedded "
+                "default is built in code, in full precision)"
+            )
         tokenizer = build_byte_tokenizer()
         model = build_tiny_model(tokenizer, seed=training_args.seed, max_position_embeddings=training_args.max_length)
         model.config._attn_implementation = attention
@@ -107,41 +137,68 @@ def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignCo
         trust_remote_code=training_args.trust_remote_code,
         attn_implementation=attention,
         dtype=model_args.dtype or "auto",
+        quantization_config=quantization,
+        # A quantized model is placed when loaded: each process on its own GPU.
+        device_map={"": training_args.local_process_index} if quantization is not None else None,
         **(training_args.model_init_kwargs or {}),
     )
     return tokenizer, model
 
 
-def load_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool, seed: int):
+def load_data(
+    script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool, seed: int, check_rows: bool
+):
     """The training data: a mixture (shuffled with `seed`), one data set (Hub id, file or folder), or the embedded
-    default's."""
+    default's. With `check_rows`, a row without a usable conversation stops the run with its source and row."""
     if mixture.datasets and script_args.dataset_name:
-        raise ValueError(
+        raise UserInputError(
             "both a `datasets:` mixture and --dataset_name are set; use one (copy the recipe YAML without its "
             "`datasets:` list to train on --dataset_name)"
         )
-    if mixture.datasets and (mixture.streaming or mixture.test_split_size is not None):
-        raise ValueError("`streaming` and `test_split_size` are not supported: packing plans over the whole data set")
+    if mixture.streaming or script_args.dataset_streaming:
+        raise UserInputError("streaming is not supported: packing and sorting plan over the whole data set")
+    if mixture.datasets and mixture.test_split_size is not None:
+        raise UserInputError(
+            "`test_split_size` is not supported; give the evaluation set as --dataset_name's --dataset_test_split"
+        )
     if mixture.datasets:
-        parts = [
-            load_chat_dataset(d.path, name=d.name, split=d.split, data_dir=d.data_dir, data_files=d.data_files)
-            for d in mixture.datasets
-        ]
-        parts = [
-            part if d.columns is None else part.select_columns(d.columns) for part, d in zip(parts, mixture.datasets)
-        ]
+        parts = []
+        for d in mixture.datasets:
+            part = load_chat_dataset(d.path, name=d.name, split=d.split, data_dir=d.data_dir, data_files=d.data_files)
+            part = part if d.columns is None else part.select_columns(d.columns)
+            if check_rows:
+                check_conversations(part, source=d.path)
+            parts.append(part)
         fractions = [d.fraction for d in mixture.datasets]
         return mix_datasets(parts, None if all(f is None for f in fractions) else fractions, seed=seed)
     if script_args.dataset_name:
-        return load_chat_dataset(
+        dataset = load_chat_dataset(
             script_args.dataset_name, name=script_args.dataset_config, split=script_args.dataset_train_split
         )
+        if check_rows:
+            check_conversations(dataset, source=script_args.dataset_name)
+        return dataset
     if embedded:
         records = long_tailed_chat_data(script_args.default_num_short, script_args.default_num_long)
         return datasets.Dataset.from_list(records)
-    raise ValueError(
+    raise UserInputError(
         "no training data: set --dataset_name (Hub id, .jsonl/.json/.parquet file or folder) or `datasets:`"
     )
+
+
+def load_eval_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, check_rows: bool):
+    """The evaluation set (`--dataset_test_split` of `--dataset_name`), when `--eval_strategy` asks for evaluation."""
+    if not script_args.dataset_name:
+        raise UserInputError(
+            "evaluation (--eval_strategy) needs --dataset_name with a --dataset_test_split; a `datasets:` mixture and "
+            "the embedded default have no evaluation split"
+        )
+    dataset = load_chat_dataset(
+        script_args.dataset_name, name=script_args.dataset_config, split=script_args.dataset_test_split
+    )
+    if check_rows:
+        check_conversations(dataset, source=f"{script_args.dataset_name} [{script_args.dataset_test_split}]")
+    return dataset
 
 
 def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, mixture: DatasetMixtureConfig):
@@ -154,13 +211,23 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
     embedded = model_args.model_name_or_path is None
 
     tokenizer, model = load_tokenizer_and_model(model_args, training_args)
+    if script_args.ignore_bias_buffers:
+        # DDP cannot broadcast boolean buffers (e.g. causal masks kept as buffers): leave them out of its sync.
+        model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in model.named_buffers() if buffer.dtype == torch.bool
+        ]
+    check_rows = training_args.bad_rows == "error"
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     with training_args.main_process_first(desc="loading the data"):
         # The main process downloads and converts first; the others then read the `datasets` cache.
-        train_dataset = load_data(script_args, mixture, embedded, training_args.seed)
+        train_dataset = load_data(script_args, mixture, embedded, seed, check_rows)
+        evaluating = training_args.eval_strategy != "no"
+        eval_dataset = load_eval_data(script_args, mixture, check_rows) if evaluating else None
     trainer = LongAlignSFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
@@ -182,6 +249,15 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
     return trainer
 
 
+def run_from_command_line():
+    """`main` on the command line's options; bad input prints one line and exits 2, as the `longalign` command does."""
+    try:
+        return main(*parse_args())
+    except UserInputError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
     # A gloo worker ends inside run_then_exit, with the trainer still referenced: no process-group teardown.
-    run_then_exit(lambda: main(*parse_args()))
+    run_then_exit(run_from_command_line)

@@ -52,15 +52,19 @@ def test_a_user_error_is_one_line_and_exit_2(tmp_path, tokenizer, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path, tokenizer):
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_debug_shows_the_traceback(tmp_path, tokenizer, where):
     from longalign_hf.errors import UserInputError
 
+    argv = _build_sft_with_a_missing_file(tmp_path, tokenizer)
     with pytest.raises(UserInputError, match="missing.jsonl"):
-        cli.main(["--debug", *_build_sft_with_a_missing_file(tmp_path, tokenizer)])
+        cli.main(["--debug", *argv] if where == "first" else [*argv, "--debug"])
 
 
-def test_a_bad_flag_value_exits_2_before_any_work(capsys):
+def test_a_bad_flag_value_is_one_line_and_exits_2_before_any_work(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["eval", "needle", "--model", "m", "--lengths", "many"])
     assert exit_info.value.code == 2
-    assert "--lengths" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("longalign eval needle: error: argument --lengths")
+    assert err[0].endswith("(see `longalign eval needle --help`)")

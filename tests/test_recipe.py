@@ -77,7 +77,10 @@ def test_local_model_and_data_file(recipe, tiny_dir, tmp_path):
     [
         (None, "does not exist"),
         ([{"text": "plain"}], "no `messages` column"),
-        ([{"messages": [{"role": "user", "content": "q"}]}], "row 0: the conversation has no assistant turn"),
+        (
+            [{"messages": [{"role": "user", "content": "q"}]}],
+            r"data.jsonl, row 0 \(rows count from 0\): the conversation has no assistant turn",
+        ),
     ],
 )
 def test_bad_data_fails_fast(recipe, tiny_dir, tmp_path, rows, match):
@@ -136,7 +139,7 @@ def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):
     config = os.path.join(ROOT, "recipes", "configs", "qwen2.5-7b-32k.yaml")
     script_args, _, _, mixture = recipe.parse_args(["--config", config, "--use_cpu", "true", "--dataset_name", "x"])
     with pytest.raises(ValueError, match="use one"):
-        recipe.load_data(script_args, mixture, embedded=False, seed=0)
+        recipe.load_data(script_args, mixture, embedded=False, seed=0, check_rows=True)
 
 
 def test_a_mixture_is_shuffled_with_the_run_seed(recipe, tmp_path):
@@ -154,10 +157,77 @@ def test_a_mixture_is_shuffled_with_the_run_seed(recipe, tmp_path):
 
     def order(seed):
         script_args, _, _, mixture = recipe.parse_args(["--config", str(config), "--seed", str(seed)])
-        return [row["messages"][0]["content"] for row in recipe.load_data(script_args, mixture, False, seed)]
+        return [row["messages"][0]["content"] for row in recipe.load_data(script_args, mixture, False, seed, True)]
 
     from longalign_hf.sft_data import load_chat_dataset, mix_datasets
 
     expected = mix_datasets([load_chat_dataset(path) for path in files], seed=7)
     assert order(7) == [row["messages"][0]["content"] for row in expected]
     assert order(7) != order(8) and sorted(order(7)) == sorted(order(8))
+
+
+def _chat_file(path, rows=None):
+    rows = rows or [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a" * i}]}
+        for i in range(1, 9)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_checkpointing_through_its_deprecated_name_reaches_the_embedded_default(recipe):
+    _, training_args, _, _ = recipe.parse_args(["--gradient_checkpointing", "true"])
+    assert training_args.activation_checkpointing is True
+    _, training_args, _, _ = recipe.parse_args([])
+    assert training_args.activation_checkpointing is False  # the embedded default's own setting
+
+
+def test_quantization_is_applied_or_refused_never_ignored(recipe, tiny_dir):
+    from longalign_hf.errors import UserInputError
+
+    script_args, training_args, model_args, _ = recipe.parse_args(["--load_in_4bit", "true"])
+    with pytest.raises(UserInputError, match="quantize a pretrained model"):
+        recipe.load_tokenizer_and_model(model_args, training_args)
+    script_args, training_args, model_args, _ = recipe.parse_args(
+        ["--model_name_or_path", tiny_dir, "--load_in_4bit", "true", "--use_cpu", "true"]
+    )
+    # bitsandbytes is not installed here: transformers must be asked to quantize, and say what it lacks.
+    with pytest.raises((ImportError, ValueError, RuntimeError), match="(?i)bitsandbytes"):
+        recipe.load_tokenizer_and_model(model_args, training_args)
+
+
+def test_streaming_is_refused(recipe, tmp_path):
+    from longalign_hf.errors import UserInputError
+
+    data = _chat_file(tmp_path / "chat.jsonl")
+    script_args, training_args, _, mixture = recipe.parse_args(["--dataset_name", data, "--dataset_streaming", "true"])
+    with pytest.raises(UserInputError, match="streaming is not supported"):
+        recipe.load_data(script_args, mixture, False, 0, True)
+
+
+def test_evaluation_uses_the_test_split(recipe, tiny_dir, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _chat_file(folder / "train.jsonl")
+    _chat_file(folder / "test.jsonl")
+    args = recipe.parse_args(["--model_name_or_path", tiny_dir, "--dataset_name", str(folder), "--max_length", "128",
+                              "--max_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1",
+                              "--output_dir", str(tmp_path / "out"), "--report_to", "none"])  # fmt: skip
+    trainer = recipe.main(*args)
+    assert any("eval_loss" in entry for entry in trainer.state.log_history)
+    args[0].dataset_test_split = "validation"
+    with pytest.raises(ValueError, match="validation"):
+        recipe.load_eval_data(args[0], args[3], True)
+
+
+def test_a_bad_row_names_its_file_and_the_command_line_exits_2(recipe, tiny_dir, tmp_path, monkeypatch, capsys):
+    rows = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}] * 3
+    data = _chat_file(tmp_path / "bad.jsonl", [*rows, {"messages": [{"role": "user", "content": "q"}]}])
+    argv = ["sft.py", "--model_name_or_path", tiny_dir, "--dataset_name", data, "--max_length", "64",
+            "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.run_from_command_line()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {data}, row 3 (rows count from 0): the conversation has no assistant turn")

@@ -167,3 +167,34 @@ def _save(tokenizer, tmp_path):
     tokenizer.save_pretrained(path)
     json.loads((path / "tokenizer_config.json").read_text())
     return str(path)
+
+
+def test_the_deprecated_checkpointing_name_is_honoured_and_contradictions_refused(tmp_path):
+    assert _config(tmp_path).activation_checkpointing is True
+    assert _config(tmp_path, gradient_checkpointing=False).activation_checkpointing is False
+    assert _config(tmp_path, activation_checkpointing=False).activation_checkpointing is False
+    with pytest.raises(ValueError, match="contradicts `activation_checkpointing=True`"):
+        _config(tmp_path, gradient_checkpointing=False, activation_checkpointing=True)
+
+
+def test_formatting_func_is_refused(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="`formatting_func` is not supported"):
+        _trainer(tokenizer, _config(tmp_path), formatting_func=lambda row: row["text"])
+
+
+@pytest.mark.parametrize("batching", ["sort", "pack"])
+def test_data_seed_orders_the_batches(tokenizer, tmp_path, batching):
+    dataset = build_dataset(tokenizer)
+    model = build_tiny_model(tokenizer, max_position_embeddings=256)
+
+    def order(**seeds):
+        args = LongAlignConfig(
+            output_dir=str(tmp_path), max_length=256, use_cpu=True, report_to="none", batching=batching,
+            per_device_train_batch_size=1, **seeds,
+        )  # fmt: skip
+        trainer = LongAlignSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        return list(trainer._get_train_sampler())
+
+    # One sample (or pack) per step: the shuffled order of the steps is the seed's doing.
+    assert order(seed=1, data_seed=5) == order(seed=2, data_seed=5) == order(seed=5)
+    assert order(seed=1, data_seed=5) != order(seed=1, data_seed=6)
