@@ -114,6 +114,10 @@ class JudgeClient:
             raise ValueError(f"`max_concurrency` must be at least 1, got {max_concurrency}.")
         if max_retries < 0:
             raise ValueError(f"`max_retries` must be 0 or more, got {max_retries}.")
+        if not timeout > 0:
+            raise ValueError(f"`timeout` must be above 0 seconds, got {timeout}.")
+        if temperature < 0:
+            raise ValueError(f"`temperature` must be 0 or more, got {temperature}.")
         import openai
 
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -281,7 +285,7 @@ class JudgeClient:
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
             return {"text": str(entry["text"]), "usage": dict(entry["usage"])}
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not cached yet (a cache below a file fails at the write)
             return None
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("Ignoring the unreadable judge cache entry %s (%s); the call is made again.", path, exc)
@@ -291,8 +295,14 @@ class JudgeClient:
         if self.cache_dir is None:
             return
         path = self._cache_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a crash leaves either the old state or the whole entry, never half a file.
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as f:
-            json.dump(entry, f, ensure_ascii=False)
-        os.replace(f.name, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename: a crash leaves either the old state or the whole entry, never half a file.
+            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as f:
+                json.dump(entry, f, ensure_ascii=False)
+            os.replace(f.name, path)
+        except OSError as error:
+            raise UserInputError(
+                f"Cannot write the reply cache {self.cache_dir} ({error.strerror or type(error).__name__}): pass a "
+                "cache folder you can write to (--judge-cache-dir; --cache-dir of `longalign data generate`)"
+            ) from None

@@ -25,8 +25,15 @@ parser = argparse.ArgumentParser()
 subparsers = parser.add_subparsers()
 longbench_chat.add_parser(subparsers)
 needle.add_parser(subparsers)
-parser.parse_args(["needle", "--model", "m", "--lengths", "1k,4k", "--allow-incomplete"])
+parser.parse_args(["needle", "--model", "m", "--lengths", "1k,4k", "--depths", "5", "--allow-incomplete"])
+parser.parse_args(["needle", "--model", "m", "--dtype", "bfloat16", "--attn-implementation", "sdpa_packed"])
 parser.parse_args(["longbench-chat", "--model", "m", "--max-new-tokens", "4", "--allow-incomplete"])
+parser.parse_args(["longbench-chat", "--model", "m", "--judge-timeout", "30", "--seed", "7", "--dtype", "float16"])
+for argv in (["needle", "--model", "m", "--depths", "0"], ["longbench-chat", "--model", "m", "--judge-timeout", "0"]):
+    try:
+        parser.parse_args(argv)
+    except SystemExit:
+        pass
 print(json.dumps(sorted(name for name in {heavy!r} if name in sys.modules)))
 """
 

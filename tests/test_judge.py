@@ -210,3 +210,21 @@ def test_a_batch_without_failures_logs_no_warning(caplog):
     with LoopbackServer(lambda request: "ok") as server, caplog.at_level(logging.INFO, logger="longalign_hf.judge"):
         _client(server).complete(_conversations(2))
     assert [record.levelno for record in caplog.records] == [logging.INFO]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"timeout": 0}, "`timeout` must be above 0"), ({"timeout": -1.0}, "`timeout` must be above 0"),
+     ({"temperature": -0.5}, "`temperature` must be 0 or more")],
+)  # fmt: skip
+def test_a_timeout_every_call_would_fail_is_refused(option, message):
+    with pytest.raises(ValueError, match=message):
+        JudgeClient("loopback-judge", base_url="http://127.0.0.1:9/v1", **option)
+
+
+def test_a_cache_that_cannot_be_written_is_a_user_error_naming_it(tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    cache = tmp_path / "a-file" / "cache"  # below a file: no folder can be made there
+    with LoopbackServer(lambda request: "a reply") as server:
+        with pytest.raises(UserInputError, match=r"^Cannot write the reply cache \S+cache \(Not a directory\): pass"):
+            _client(server, cache_dir=cache).complete(_conversations(1))

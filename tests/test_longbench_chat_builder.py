@@ -1,14 +1,16 @@
 """LongBenchChatBuilder on a small source made here (the published schema, not the published data)."""
 
 import argparse
+import errno
 import json
 import logging
+import os
 
 import datasets
 import pytest
 
 from longalign_hf import cli
-from longalign_hf.data import build_subparsers, longbench_chat_builder
+from longalign_hf.data import build_subparsers, hub, longbench_chat_builder
 from longalign_hf.data.longbench_chat import git_blob_sha1, write_hub_folder
 from longalign_hf.data.longbench_chat_builder import FEATURES, LongBenchChatBuilder
 from longalign_hf.errors import UserInputError
@@ -111,6 +113,8 @@ def _without(key, case):
             UserInputError,
             r"test_cases.json: not valid JSON \(line 2, column 11",
         ),
+        (lambda s: (s / "test_cases.json").write_text(""), UserInputError, r"test_cases.json is empty; download"),
+        (lambda s: (s / "few_shots.json").write_text("\n "), UserInputError, r"few_shots.json is empty; download"),
         (lambda s: write_source(s, few_shots=FEW_SHOTS[:2]), UserInputError, r"case idx 3 has no few-shot list"),
         (
             lambda s: write_source(s, few_shots=[*FEW_SHOTS, FEW_SHOTS[0]]),
@@ -152,6 +156,8 @@ def _without(key, case):
         "missing-few-shots",
         "missing-template",
         "malformed-json",
+        "empty-test-cases",
+        "empty-few-shots",
         "case-without-few-shots",
         "extra-few-shot-list",
         "short-few-shot-list",
@@ -295,3 +301,44 @@ def test_build_subcommands_are_shared_between_data_sets():
     build_subparsers(data).add_parser("longbench-chat").set_defaults(func="longbench-chat")
     assert parser.parse_args(["build", "sft"]).func == "sft"
     assert parser.parse_args(["build", "longbench-chat"]).func == "longbench-chat"
+
+
+def test_a_source_file_instead_of_its_folder_says_to_pass_the_folder(tmp_path):
+    source = write_source(tmp_path / "source")
+    (source / "README.md").write_text("notes")
+    for command in (["--source", str(source / "test_cases.json")], ["--source", str(source / "README.md")]):
+        with pytest.raises(UserInputError) as error:
+            cli.main(["--debug", "data", "build", "longbench-chat", *command, "--out", str(tmp_path / "built")])
+        assert "is a file: pass the folder that holds test_cases.json, few_shots.json, prompt_fs.txt" in str(
+            error.value
+        )
+        assert "no such folder" not in str(error.value)
+    with pytest.raises(UserInputError, match=rf"--source \S+test_cases.json is a file: .* \(here: {source}\)"):
+        write_hub_folder(tmp_path / "built", source_dir=source / "test_cases.json")
+    with pytest.raises(UserInputError, match=r"--source \S+README.md is a file: pass the folder .*txt, or leave"):
+        write_hub_folder(tmp_path / "built", source_dir=source / "README.md")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["source"]
+
+
+def test_an_out_folder_that_cannot_be_made_names_the_flag_not_the_staging_folder(tmp_path, capsys, monkeypatch):
+    source = write_source(tmp_path / "source")
+    (tmp_path / "a-file").write_text("x")
+    real_mkdtemp = hub.tempfile.mkdtemp
+
+    def mkdtemp(suffix=None, prefix=None, dir=None):  # as in /proc: allowed by the permissions, refused by the system
+        if prefix and "read-only" in prefix:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), f"{dir}/{prefix}abc123{suffix}")
+        return real_mkdtemp(suffix, prefix, dir)
+
+    monkeypatch.setattr(hub.tempfile, "mkdtemp", mkdtemp)
+    # Below a file, or a name too long: refused before the build; refused by the file system: where it is made.
+    for out, reason in [
+        (tmp_path / "a-file" / "built", "a-file is a file, so nothing can be created below it; pass another path"),
+        (tmp_path / ("x" * 300), "File name too long; pass another path"),
+        (tmp_path / "read-only", "cannot write there (No such file or directory); pass a folder you can write to"),
+    ]:
+        status = cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith(f"longalign: error: --out {out}") and reason in err, err
+        assert ".partial" not in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file", "source"]

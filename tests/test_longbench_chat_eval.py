@@ -1,9 +1,11 @@
 """`longalign eval longbench-chat` end to end (tiny model, built fixture dataset, loopback judge) and its parts."""
 
 import argparse
+import errno
 import importlib.util
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -13,8 +15,8 @@ import datasets
 import evaluate
 import pytest
 import torch
-from loopback_server import LoopbackServer
-from test_longbench_chat_builder import CASES, write_source
+from loopback_server import LoopbackServer, Reply
+from test_longbench_chat_builder import CASES, ENGLISH_ONLY, FEW_SHOTS, write_source
 
 from longalign_hf import cli
 from longalign_hf.errors import UserInputError
@@ -474,3 +476,131 @@ def test_a_model_folder_that_does_not_exist_is_a_user_error_that_writes_nothing(
         "that has one, with --model (or --tokenizer)"
     )
     assert not out.exists()
+
+
+def test_bad_dtype_attention_and_model_folders_write_nothing(model_dir, dataset_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    tokenizer_only = tmp_path / "tokenizer-only"
+    build_byte_tokenizer().save_pretrained(tokenizer_only)
+    no_tokenizer = tmp_path / "no-tokenizer"
+    build_tiny_model(build_byte_tokenizer(), max_position_embeddings=1024).save_pretrained(no_tokenizer)
+    with LoopbackServer(judge_or_answer) as server:
+        with pytest.raises(SystemExit) as exit_info:
+            _eval(model_dir, dataset_dir, server, out, "--dtype", "float99")
+        assert exit_info.value.code == 2 and "argument --dtype: invalid choice: 'float99'" in capsys.readouterr().err
+        for model, extra, message in [
+            (model_dir, ["--attn-implementation", "foo"], r"--attn-implementation 'foo' is not an attention backend"),
+            (tokenizer_only, [], r"tokenizer-only' \(the folder has no config.json, so it holds no model\)"),
+            (no_tokenizer, [], r"no-tokenizer' \(the folder holds no tokenizer file"),
+            (model_dir, ["--tokenizer", str(no_tokenizer)], r"no-tokenizer' \(the folder holds no tokenizer file"),
+        ]:
+            with pytest.raises(UserInputError, match=message):
+                _eval(model, dataset_dir, server, out, *extra)
+            assert not out.exists(), extra  # neither run.json nor an empty predictions.jsonl
+        assert not server.requests
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--judge-timeout", "0"], "argument --judge-timeout: '0' is not a number above 0"),
+        (["--judge-timeout", "-5"], "argument --judge-timeout: '-5' is not a number above 0"),
+        (["--temperature", "-1"], "argument --temperature: '-1' is not a number of at least 0"),
+        (["--judge-max-retries", "-1"], "argument --judge-max-retries: '-1' is not a whole number of at least 0"),
+        (["--seed", "-1"], "argument --seed: '-1' is not a seed"),
+        (["--generation-concurrency", "0"], "argument --generation-concurrency: '0' is not a whole number of at"),
+    ],
+)
+def test_bad_numbers_are_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(["--model", "m", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_generation_server_that_is_down_leaves_cases_unanswered_like_a_judge_that_is_down(
+    model_dir, dataset_dir, tmp_path, monkeypatch, caplog, capsys
+):
+    from longalign_hf.judge import JudgeClient
+
+    monkeypatch.setattr(JudgeClient, "_backoff_delay", lambda self, attempt, retry_after: 0.0)
+    out = tmp_path / "eval"
+    with LoopbackServer(judge_or_answer) as server:
+        argv = _argv("served-model", dataset_dir, server, out, *_served(server, model_dir))
+        argv[argv.index("--generation-base-url") + 1] = _closed_port_url()
+        with caplog.at_level(logging.INFO):
+            assert run_command(argv) == 1
+        assert not server.requests  # no answer, so nothing to judge
+        failed = [r for r in caplog.records if r.levelno == logging.WARNING and "APIConnectionError" in r.getMessage()]
+        assert len(failed) == 2  # one warning per case the server did not answer
+        summary = (out / "summary.md").read_text(encoding="utf-8")
+        assert "**Incomplete:** served-model: 2 of 2 cases have no answer (the generation failed)." in summary
+        assert summary.strip() in capsys.readouterr().out
+        # With --allow-incomplete the same result exits 0; the cases count as unscored.
+        assert run_command([*argv, "--allow-incomplete"]) == 0
+
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert (results["num_unanswered"], results["num_unscored"], results["num_scored"]) == (2, 2, 0)
+    assert [case["prediction"] for case in results["cases"]] == [None, None]
+
+
+def test_a_case_the_server_did_not_answer_is_unscored_and_the_others_are_judged(
+    model_dir, dataset_dir, tmp_path, monkeypatch
+):
+    def refuse_the_chinese_case(request):
+        if request.messages[0]["content"] != JUDGE_SYSTEM_PROMPT and "请" in request.user_content:
+            return Reply(status=400)  # not retried
+        return judge_or_answer(request)
+
+    out = tmp_path / "eval"
+    with LoopbackServer(refuse_the_chinese_case) as server:
+        assert run_command(_argv("served-model", dataset_dir, server, out, *_served(server, model_dir))) == 1
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [case["score"] for case in results["cases"]] == [6.0, None]
+    assert [case["ratings"] for case in results["cases"]] == [[6.0, 6.0], [None, None]]
+    assert (results["num_unanswered"], results["num_unscored"], results["num_failed"]) == (1, 1, 0)
+    assert results["language_scores"] == {"en": 6.0, "zh": None}
+    assert "1 of 2 cases have no answer" in (out / "summary.md").read_text(encoding="utf-8")
+
+
+def test_a_missing_language_config_says_which_configs_the_set_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    out = tmp_path / "longbench_chat_en"
+    source = write_source(tmp_path / "source", cases=ENGLISH_ONLY, few_shots=FEW_SHOTS[: len(ENGLISH_ONLY)])
+    cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(out)])
+    argv = ["--model", "m", "--judge-model", "j", "--judge-base-url", _closed_port_url()]
+    with pytest.raises(UserInputError) as error:
+        run_command([*argv, "--dataset", str(out), "--config", "zh", "--output-dir", str(tmp_path / "eval")])
+    assert str(error.value).startswith(
+        f"--dataset {out} has no 'zh' config (it has: all, en): the source it was built from has no Chinese case. "
+        "Pass --config all or en, or build a set with 'zh' cases from the full benchmark"
+    )
+    assert not (tmp_path / "eval").exists()
+
+
+def test_output_and_cache_folders_that_cannot_be_written_name_their_flag(
+    model_dir, dataset_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "eval"
+    (tmp_path / "a-file").write_text("x")
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):  # a folder the permissions allow but the file system refuses (e.g. /proc/x)
+        if self.name == "read-only":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    with LoopbackServer(judge_or_answer) as server:
+        for extra, message in [
+            (["--output-dir", str(tmp_path / "a-file")], r"^--output-dir \S+a-file is a file: pass a folder"),
+            (["--judge-cache-dir", str(tmp_path / "a-file" / "c")], r"^--judge-cache-dir \S+c: \S+a-file is a file"),
+            (["--judge-cache-dir", str(tmp_path / ("x" * 300))], r"^--judge-cache-dir \S+: File name too long; pass"),
+            (
+                ["--judge-cache-dir", str(tmp_path / "read-only")],
+                r"^--judge-cache-dir \S+read-only: cannot create this folder \(Read-only file system\); pass a",
+            ),
+        ]:
+            with pytest.raises(UserInputError, match=message):
+                _eval(model_dir, dataset_dir, server, out, *_served(server, model_dir), *extra)
+            assert not out.exists(), extra
+        assert not server.requests

@@ -424,7 +424,7 @@ def test_a_run_that_fails_validation_writes_nothing_and_the_corrected_rerun_runs
         run_command(_needle_argv(model_dir, out, "--haystack-dir", str(tmp_path / "missing")))
     assert not out.exists()
     with pytest.raises(UserInputError, match=r"ask for --lengths over \d+"):
-        run_command(_needle_argv(model_dir, out, "--lengths", "40"))
+        run_command(_needle_argv(model_dir, out, "--lengths", "200"))  # one token per byte: the template is longer
     assert not out.exists()
     with pytest.raises(UserInputError, match="Every length is over the model's 4096-token window"):
         run_command(_needle_argv(model_dir, out, "--lengths", "5000"))
@@ -477,3 +477,93 @@ def test_the_heatmap_shows_where_a_needle_went_when_it_is_off_its_row(tmp_path, 
     plot_heatmap(records, tmp_path / "map.png", depth_tolerance=DEPTH_TOLERANCE)
     assert sorted(texts) == ["0 @58%", "1"]  # 50.5 is within the tolerance of 50; 57.7 is not of 75
     assert matplotlib.image.imread(tmp_path / "map.png").ndim == 3
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--depths", "0"], "argument --depths: '0' is not a number of depths from 1 to 101"),
+        (["--depths", "-3"], "argument --depths: '-3' is not a number of depths from 1 to 101"),
+        (["--depths", "150"], "'150' is not a number of depths from 1 to 101 (more would repeat depths"),
+        (["--depths", "0,50,50"], "repeats [50.0]"),
+        (["--depths", "0,120"], "depths outside 0-100: [120.0]"),
+        (["--lengths", "1,000"], "under 100 tokens (1, 0): did you mean 1000? lengths are comma-separated"),
+        (["--lengths", "8k,50"], "under 100 tokens (50): lengths are comma-separated"),
+        (["--dtype", "float99"], "argument --dtype: invalid choice: 'float99'"),
+        (["--temperature", "-1"], "argument --temperature: '-1' is not a number of at least 0"),
+        (["--seed", "-1"], "argument --seed: '-1' is not a seed"),
+    ],
+)
+def test_bad_depths_lengths_and_numbers_are_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_command(["--model", "m", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_count_of_depths_that_would_repeat_depths_is_refused():
+    assert len(set(depth_grid(101))) == 101
+    with pytest.raises(UserInputError, match="would repeat depths"):
+        depth_grid(150)
+    with pytest.raises(UserInputError, match="at least 1"):
+        depth_grid(0)
+
+
+def _folder_with(tmp_path, source, name, patterns):
+    """A copy of the files of `source` that match `patterns` (e.g. a model saved without its tokenizer)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for pattern in patterns:
+        for path in source.glob(pattern):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_bad_model_tokenizer_and_output_folders_name_the_folder_and_write_nothing(model_dir, tmp_path):
+    out = tmp_path / "needle"
+    no_tokenizer = _folder_with(tmp_path, model_dir, "no-tokenizer", ["config.json", "*.safetensors"])
+    tokenizer_only = _folder_with(tmp_path, model_dir, "tokenizer-only", ["tokenizer*", "*.jinja"])
+    no_weights = _folder_with(tmp_path, model_dir, "no-weights", ["config.json", "tokenizer*", "*.jinja"])
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "records.jsonl").write_text("{}\n")
+    for argv, message in [
+        (["--model", str(no_tokenizer)], rf"'{no_tokenizer}' \(the folder holds no tokenizer file: none of tokenizer"),
+        (["--tokenizer", str(tmp_path / "empty")], r"empty' \(the folder holds no tokenizer file"),
+        (["--model", str(tokenizer_only)], rf"'{tokenizer_only}' \(the folder has no config.json, so it holds no"),
+        (["--model", str(no_weights)], r"no-weights' \(the folder has config.json but no weights"),
+        (["--attn-implementation", "foo"], r"--attn-implementation 'foo' is not an attention backend: .*sdpa_packed"),
+        (["--output-dir", str(tmp_path / "records.jsonl")], r"--output-dir \S+records.jsonl is a file: pass a folder"),
+    ]:
+        with pytest.raises(UserInputError, match=message):
+            run_command([*_needle_argv(model_dir, out), *argv])
+        assert not out.exists(), argv
+    assert (tmp_path / "records.jsonl").read_text() == "{}\n"
+
+
+def test_our_attention_backends_load_for_generation(model_dir, tmp_path):
+    out = tmp_path / "needle"
+    assert run_command(_needle_argv(model_dir, out, "--attn-implementation", "sdpa_packed", "--dtype", "float32")) == 0
+    assert len((out / "needle.jsonl").read_text(encoding="utf-8").splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    [None, "eager", "sdpa", "sdpa_packed", "varlen_packed", "flash_attention_2", "flex_attention",
+     "kernels-community/flash-attn2", "kernels-community/flash-attn3@v1:flash_attention"],
+)  # fmt: skip
+def test_attention_names_of_transformers_ours_and_hub_kernels_pass_the_check(name):
+    import torch
+
+    from longalign_hf.evaluation.generation import check_model_options
+
+    check_model_options("auto", name)
+    check_model_options(torch.bfloat16, name)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "name"), [("auto", "foo"), ("auto", "sdpa_packd"), ("auto", "a/b/c"), ("int8", None)]
+)
+def test_other_attention_names_and_dtypes_are_refused(dtype, name):
+    from longalign_hf.evaluation.generation import check_model_options
+
+    with pytest.raises(UserInputError, match="--dtype 'int8'" if name is None else f"--attn-implementation '{name}'"):
+        check_model_options(dtype, name)

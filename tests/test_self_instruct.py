@@ -1,5 +1,6 @@
 """`longalign data generate` end to end against a real OpenAI-compatible server on 127.0.0.1 (scripted replies)."""
 
+import errno
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import datasets
 import huggingface_hub
@@ -318,7 +320,7 @@ def test_num_docs_counts_documents_within_bounds(tmp_path, tokenizer):
 
 
 def test_document_sources_and_their_errors(tmp_path):
-    rows = [{"text": "first document", "id": 7}, {"text": None, "id": 8}]
+    rows = [{"text": "first document", "id": 7}, {"text": "", "id": 8}]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "docs.parquet"))
     assert list(load_documents(str(tmp_path / "docs.parquet"))) == [("row-0", "first document"), ("row-1", "")]
     assert list(load_documents(str(tmp_path / "docs.parquet"), id_column="id"))[0] == ("7", "first document")
@@ -423,10 +425,11 @@ def test_a_run_that_produces_nothing_leaves_no_output(tmp_path, tokenizer, caplo
         ("docs.jsonl", '{"text": "a"}\n{"text": \n{"text": "c"}\n', r"docs.jsonl, line 2: not valid JSON"),
         ("docs.json", '[{"text": "a"},\n {"text": }]', r"docs.json, line 2: not valid JSON"),
         ("book.txt", "one document", r"--docs .*book.txt: a .txt file is not a document source; put the documents"),
-        ("docs.jsonl", '{"text": null}\n\n{"text": 3}\n', r"docs.jsonl, line 3: 'text' is not text but int 3; pass"),
+        ("docs.jsonl", '{"text": 2}\n\n{"text": 3}\n', r"docs.jsonl, line 1: 'text' is not text but int 2; pass"),
+        ("docs.jsonl", '{"text": "a"}\n\n{"text": null}\n', r"docs.jsonl, line 3: 'text' is null, not a document"),
         ("docs.jsonl", '{"text": "a", "id": 1}\n{"text": "b", "id": 1}\n', r"document id '1' appears twice"),
     ],
-    ids=["empty", "malformed-line", "malformed-json", "text-file", "not-text", "duplicate-id"],
+    ids=["empty", "malformed-line", "malformed-json", "text-file", "not-text", "null-text", "duplicate-id"],
 )
 def test_bad_document_sources_name_file_and_line_and_leave_no_output(tmp_path, tokenizer, name, content, message):
     (tmp_path / name).write_text(content, encoding="utf-8")
@@ -468,3 +471,67 @@ def test_a_whole_last_record_without_its_newline_is_kept(tmp_path, tokenizer):
     assert (report.already_done, report.generated, report.dropped_partial_line) == (1, 1, False)
     assert out.read_bytes().startswith(first)
     assert [record["doc_id"] for record in _read(out)] == ["doc-a.txt", "doc-b.txt"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--temperature", "-1"], "argument --temperature: '-1' is not a number of at least 0"),
+        (["--timeout", "0"], "argument --timeout: '0' is not a number above 0"),
+        (["--max-retries", "-1"], "argument --max-retries: '-1' is not a whole number of at least 0"),
+        (["--concurrency", "0"], "argument --concurrency: '0' is not a whole number of at least 1"),
+        (["--batch-size", "0"], "argument --batch-size: '0' is not a whole number of at least 1"),
+        (["--num-docs", "0"], "argument --num-docs: '0' is not a whole number of at least 1"),
+        (["--max-new-tokens", "0"], "argument --max-new-tokens: '0' is not a whole number of at least 1"),
+        (["--min-tokens", "-5"], "argument --min-tokens: '-5' is not a whole number of at least 0"),
+        (["--max-tokens", "0"], "argument --max-tokens: '0' is not a whole number of at least 1"),
+        (["--seed", "-1"], "argument --seed: '-1' is not a seed"),
+    ],
+)
+def test_bad_numbers_are_argument_errors_as_in_the_evaluations(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["data", "generate", "--docs", "d", "--out", "o.jsonl", "--model", "m", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_numbers_passed_in_python_are_refused_before_anything(tmp_path, tokenizer):
+    options = {"base_url": "http://127.0.0.1:9/v1", "tokenizer": tokenizer}
+    for option in ({"temperature": -1.0}, {"timeout": 0.0}, {"max_new_tokens": 0}, {"min_tokens": -1}):
+        with pytest.raises(UserInputError, match=r"--timeout above 0 and --max-new-tokens at least 1, got"):
+            generate_long_data(str(tmp_path), tmp_path / "o.jsonl", "m", **options, **option)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_outputs_that_cannot_be_written_name_their_flag(tmp_path, tokenizer, monkeypatch):
+    folder = _small_folder(tmp_path, ["doc-a"])
+    (tmp_path / "a-file").write_text("x")
+    options = {"tokenizer": tokenizer, "min_tokens": 100}
+    with LoopbackServer(Script()) as server:
+        for out, cache_dir, message in [
+            (tmp_path / "a-file" / "long.jsonl", None, r"^--out \S+long.jsonl: \S+a-file is a file, so nothing can"),
+            (tmp_path / "long.jsonl", tmp_path / "a-file" / "c", r"^--cache-dir \S+c: \S+a-file is a file, so"),
+            (tmp_path / ("x" * 300 + ".jsonl"), None, r"^--out \S+: File name too long; pass another path"),
+        ]:
+            with pytest.raises(UserInputError, match=message):
+                generate_long_data(str(folder), out, "m", base_url=server.base_url, cache_dir=cache_dir, **options)
+        assert not server.requests  # refused before any call
+
+        # Allowed by the permissions, refused by the file system (as /proc): caught where the file is made.
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *args, **kwargs):
+            if self.name == "read-only":
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+            return real_mkdir(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+        out = tmp_path / "read-only" / "long.jsonl"
+        with pytest.raises(UserInputError, match=r"^--out \S+: cannot write there \(Read-only file system\); pass a"):
+            generate_long_data(str(folder), out, "m", base_url=server.base_url, cache_dir=tmp_path / "c", **options)
+
+
+def test_a_bad_parquet_source_is_one_message_without_the_librarys_own_error_lines(tmp_path, caplog):
+    (tmp_path / "docs.parquet").write_text("not parquet", encoding="utf-8")
+    with caplog.at_level(logging.DEBUG), pytest.raises(UserInputError, match=r"docs.parquet: could not be read"):
+        list(load_documents(str(tmp_path / "docs.parquet")))
+    assert not [record for record in caplog.records if record.name.startswith("datasets")]

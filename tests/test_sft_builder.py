@@ -283,3 +283,48 @@ def test_a_tokenizer_that_cannot_be_loaded_says_to_pass_tokenizer(tmp_path, monk
     with pytest.raises(UserInputError, match=rf"the tokenizer '{tmp_path}' \(.*\); pass `--tokenizer PATH_OR_ID`"):
         sft.load_tokenizer(str(tmp_path))  # a folder without tokenizer files
     assert not (tmp_path / "out").exists()
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_sets_are_loaded(tmp_path, tokenizer, monkeypatch):
+    long, short = _write(tmp_path, _long_rows(2), _sharegpt_rows(2))
+    (tmp_path / "mix").write_text("mine", encoding="utf-8")
+
+    def load_fails(*args, **kwargs):
+        raise AssertionError("the sets were loaded before --out was checked")
+
+    monkeypatch.setattr("longalign_hf.sft_data.load_chat_dataset", load_fails)
+    with pytest.raises(UserInputError, match=r"--out \S+mix is a file: pass a folder to write the data set to"):
+        build_sft_dataset(long, short, tmp_path / "mix", tokenizer=tokenizer)
+    with pytest.raises(UserInputError, match=r"--out \S+mix/data: \S+mix is a file, so nothing can be created below"):
+        build_sft_dataset(long, short, tmp_path / "mix" / "data", tokenizer=tokenizer)
+    assert (tmp_path / "mix").read_text(encoding="utf-8") == "mine"
+
+
+def test_a_tokenizer_folder_without_tokenizer_files_says_what_it_lacks(tmp_path, tokenizer):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(UserInputError, match=r"model' \(the folder holds no tokenizer file: none of tokenizer.json"):
+        sft.load_tokenizer(str(tmp_path / "model"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--short-ratio", "1"], "argument --short-ratio: '1' is not a number between 0 and 1"),
+        (["--short-ratio", "0"], "argument --short-ratio: '0' is not a number between 0 and 1"),
+        (["--seed", "-1"], "argument --seed: '-1' is not a seed"),
+    ],
+)
+def test_bad_numbers_are_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["data", "build", "sft", "--long", "l", "--short", "s", "--out", "o", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_bad_parquet_source_is_one_message_without_the_librarys_own_error_lines(tmp_path, tokenizer, caplog):
+    long, _ = _write(tmp_path, _long_rows(2), [])
+    (tmp_path / "short.parquet").write_text("not parquet", encoding="utf-8")
+    with caplog.at_level(logging.DEBUG), pytest.raises(UserInputError, match=r"short.parquet: could not be read"):
+        build_sft_dataset(long, str(tmp_path / "short.parquet"), tmp_path / "mix", tokenizer=tokenizer)
+    assert not [record for record in caplog.records if record.name.startswith("datasets")]
+    assert logging.getLogger("datasets").level != logging.CRITICAL + 1  # restored

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from longalign_hf.errors import UserInputError
+from longalign_hf.evaluation.run_folder import check_can_create
 
 
 @contextmanager
@@ -17,23 +18,26 @@ def staged_folder(out_dir: str | Path, owned: Sequence[str]) -> Iterator[Path]:
 
     A run that fails leaves `out_dir` as it was, or absent, never half written. On success the entries named in
     `owned` (what this writer makes, e.g. `data` and `README.md`) are replaced by the staged ones, or removed when the
-    run did not write them (a config an earlier build had); anything else in `out_dir` is kept.
+    run did not write them (a config an earlier build had); anything else in `out_dir` is kept. A folder that cannot
+    be written raises `UserInputError` naming `--out` (call `check_out_folder` first to refuse it before any work).
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserInputError(f"--out {out_dir} is a file; give a folder to write the data set to")
+    check_out_folder(out_dir)
     created = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    except OSError as error:
+        _remove_empty(created)
+        raise UserInputError(
+            f"--out {out_dir}: cannot write there ({error.strerror or type(error).__name__}); pass a folder you can "
+            "write to"
+        ) from None
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # deepest first: only the folders this run made, and only while empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_empty(created)
         raise
     if not out_dir.exists():
         staging.rename(out_dir)
@@ -47,6 +51,20 @@ def staged_folder(out_dir: str | Path, owned: Sequence[str]) -> Iterator[Path]:
         if (staging / name).exists():
             (staging / name).rename(target)
     shutil.rmtree(staging)
+
+
+def check_out_folder(out_dir: str | Path) -> None:
+    """Refuse an `--out` folder that cannot be written (a file, below a file, no permission), before any work."""
+    check_can_create(out_dir, "--out", wanted="a folder to write the data set to")
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed run made (deepest first), each only while empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def push_hub_folder(out_dir: str | Path, repo_id: str, commit_message: str, private: bool = False) -> str:

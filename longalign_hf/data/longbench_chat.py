@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longalign_hf.data.hub import push_hub_folder, staged_folder
+from longalign_hf.data.hub import check_out_folder, push_hub_folder, staged_folder
 from longalign_hf.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -96,8 +96,11 @@ def check_release(path: str, downloaded: bool) -> None:
 
 
 def _read_json(path: str) -> Any:
+    data = _read_bytes(path)
+    if not data.strip():
+        raise UserInputError(f"{path} is empty; download the file again from {SOURCE_URL}.")
     try:
-        return json.loads(_read_bytes(path).decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise UserInputError(f"{path}: not UTF-8 text ({exc}). Download the file again from {SOURCE_URL}.") from None
     except json.JSONDecodeError as exc:
@@ -259,6 +262,23 @@ blob `{TEST_CASES_GIT_BLOB}`), released under the Apache License 2.0. The data a
     return DatasetCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
 
 
+def check_source_folder(source_dir: str | Path) -> None:
+    """Refuse a `--source` that is not a folder (a missing path, or one of the source files themselves)."""
+    source = Path(source_dir)
+    if source.is_dir():
+        return
+    if source.exists():
+        parent = f" (here: {source.parent})" if source.name in SOURCE_FILES else ""
+        raise UserInputError(
+            f"--source {source} is a file: pass the folder that holds {', '.join(SOURCE_FILES)}{parent}, or leave "
+            "--source out to download them"
+        )
+    raise UserInputError(
+        f"--source {source}: no such folder; pass the folder that holds {', '.join(SOURCE_FILES)}, or leave "
+        "--source out to download them"
+    )
+
+
 def write_hub_folder(out_dir: str | Path, source_dir: str | Path | None = None, repo_id: str | None = None) -> Path:
     """Build the data set into a folder that `datasets.load_dataset(out_dir, config)` and the Hub can read.
 
@@ -282,6 +302,9 @@ def write_hub_folder(out_dir: str | Path, source_dir: str | Path | None = None, 
     from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
 
     out_dir = Path(out_dir)
+    if source_dir is not None:
+        check_source_folder(source_dir)
+    check_out_folder(out_dir)
     infos, counts = DatasetInfosDict(), {}
     with (
         tempfile.TemporaryDirectory() as cache_dir,

@@ -26,6 +26,7 @@ from longalign_hf.data.longbench_chat import (
     SOURCE_URL,
     TEST_CASES,
     check_release,
+    check_source_folder,
     read_source,
 )
 from longalign_hf.errors import UserInputError
@@ -87,11 +88,7 @@ class LongBenchChatBuilder(datasets.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: datasets.DownloadManager) -> list[datasets.SplitGenerator]:
         if self.config.data_dir:
-            if not Path(self.config.data_dir).is_dir():
-                raise UserInputError(
-                    f"--source {self.config.data_dir}: no such folder; pass the folder that holds "
-                    f"{', '.join(SOURCE_FILES)}, or leave it out to download them"
-                )
+            check_source_folder(self.config.data_dir)
             paths = {name: str(Path(self.config.data_dir) / name) for name in SOURCE_FILES}
         else:
             try:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from longalign_hf.data.sft import DEFAULT_TOKENIZER, load_tokenizer, row_location
 from longalign_hf.errors import UserInputError, iter_jsonl
+from longalign_hf.evaluation import run_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -138,8 +139,8 @@ def load_documents(
     """Yield `(document id, text)` from a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
 
     Folder: the files matching `glob`, in sorted order, id = their path under the folder. Data set: rows in order,
-    id = `id_column` (as a string) or `row-N`; a null text is an empty document. A source that cannot be read, or
-    holds no documents, raises `UserInputError` naming the file (and line) and what to do.
+    id = `id_column` (as a string) or `row-N`. A source that cannot be read, holds no documents, or has a row whose
+    text is not a string (a number, a null) raises `UserInputError` naming the file (and line) and what to do.
     """
     folder = Path(source).expanduser()
     if folder.is_dir():
@@ -166,7 +167,8 @@ def load_documents(
         )
     from longalign_hf.sft_data import load_chat_dataset
 
-    dataset = load_chat_dataset(source, name=name, split=split)
+    with run_folder.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
+        dataset = load_chat_dataset(source, name=name, split=split)
     for column, option in ((text_column, "--text-column"), (id_column, "--id-column")):
         if column is not None and column not in dataset.column_names:
             raise UserInputError(
@@ -177,12 +179,17 @@ def load_documents(
     columns = [text_column] + ([id_column] if id_column else [])
     for index, row in enumerate(dataset.select_columns(columns)):
         text = row[text_column]
-        if text is not None and not isinstance(text, str):
+        if text is None:
+            raise UserInputError(
+                f"{row_location(source, index)}: {text_column!r} is null, not a document; remove the row or give it "
+                "its text (or pass the column that holds the documents as --text-column)"
+            )
+        if not isinstance(text, str):
             raise UserInputError(
                 f"{row_location(source, index)}: {text_column!r} is not text but {type(text).__name__} {text!r:.40}; "
                 "pass the column that holds the documents as --text-column"
             )
-        yield (str(row[id_column]) if id_column else f"row-{index}"), text or ""
+        yield (str(row[id_column]) if id_column else f"row-{index}"), text
 
 
 @dataclass
@@ -331,8 +338,14 @@ class _Generator:
             "generator_model": self.client.model,
         }
         if self.out is None:  # created with its first record: a run that produces nothing leaves no empty file
-            self.out_path.parent.mkdir(parents=True, exist_ok=True)
-            self.out = self.out_path.open("ab")
+            try:
+                self.out_path.parent.mkdir(parents=True, exist_ok=True)
+                self.out = self.out_path.open("ab")
+            except OSError as error:
+                raise UserInputError(
+                    f"--out {self.out_path}: cannot write there ({error.strerror or type(error).__name__}); pass a "
+                    "file you can write to (the replies received are cached: the rerun pays for none of them again)"
+                ) from None
         # One write of a whole line, flushed to disk: a crash leaves whole records and at most one cut-short last line.
         self.out.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         self.out.flush()
@@ -426,9 +439,15 @@ def generate_long_data(
         raise UserInputError(
             f"--concurrency must be at least 1 and --max-retries 0 or more, got {max_concurrency} and {max_retries}"
         )
+    if min_tokens < 0 or temperature < 0 or not timeout > 0 or (max_new_tokens is not None and max_new_tokens < 1):
+        raise UserInputError(
+            "--min-tokens and --temperature must be 0 or more, --timeout above 0 and --max-new-tokens at least 1, got "
+            f"{min_tokens}, {temperature}, {timeout} and {max_new_tokens}"
+        )
     out = Path(out)
-    if out.is_dir():
-        raise UserInputError(f"--out {out} is a folder; give the JSONL file to append records to")
+    run_folder.check_can_create(out, "--out", kind="file", wanted="the JSONL file to append records to")
+    cache_dir = cache_dir if cache_dir is not None else out.with_name(out.name + ".cache")
+    run_folder.check_can_create(cache_dir, "--cache-dir")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     client = JudgeClient(
         model,
@@ -439,7 +458,7 @@ def generate_long_data(
         timeout=timeout,
         max_retries=max_retries,
         backoff=backoff,
-        cache_dir=cache_dir if cache_dir is not None else out.with_name(out.name + ".cache"),
+        cache_dir=cache_dir,
         max_tokens=max_new_tokens,
         seed=seed,
     )
@@ -557,7 +576,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument("--out", required=True, metavar="FILE", help="JSONL file to append records to (resumable)")
     source.add_argument(
-        "--num-docs", type=int, metavar="N", help="stop after N documents within the length bounds (default: all)"
+        "--num-docs",
+        type=run_folder.count,
+        metavar="N",
+        help="stop after N documents within the length bounds (default: all)",
     )
     source.add_argument(
         "--tokenizer",
@@ -567,17 +589,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"offline) (default: {DEFAULT_TOKENIZER}, from the Hub)",
     )
     source.add_argument(
-        "--min-tokens", type=int, default=8_000, help="skip shorter documents (default: 8000, the paper's 8k)"
+        "--min-tokens",
+        type=run_folder.count_or_zero,
+        default=8_000,
+        help="skip shorter documents (default: 8000, the paper's 8k)",
     )
     source.add_argument(
-        "--max-tokens", type=int, default=64_000, help="skip longer documents (default: 64000, the paper's 64k)"
+        "--max-tokens",
+        type=run_folder.count,
+        default=64_000,
+        help="skip longer documents (default: 64000, the paper's 64k)",
     )
     source.add_argument("--text-column", default="text", help="document column of a file or Hub set (default: text)")
     source.add_argument("--id-column", help="column of unique document ids (default: the row number, row-N)")
     source.add_argument("--config", help="config (subset) name of a Hub data set")
     source.add_argument("--split", default="train", help="split of a Hub data set (default: train)")
     source.add_argument("--glob", default="**/*.txt", help="files of a folder to read (default: **/*.txt)")
-    source.add_argument("--seed", type=int, default=42, help="seed of the task and question draws (default: 42)")
+    source.add_argument(
+        "--seed", type=run_folder.seed, default=42, help="seed of the task and question draws (default: 42)"
+    )
 
     llm = parser.add_argument_group("LLM")
     llm.add_argument("--model", required=True, help="model name the server serves, recorded in every record")
@@ -588,19 +618,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     llm.add_argument("--api-key", help="API key (default: the OPENAI_API_KEY environment variable, safer than this)")
     llm.add_argument(
         "--temperature",
-        type=float,
+        type=run_folder.at_least_zero,
         default=1.0,
         help="sampling temperature (default: 1.0, the API default; the paper does not give one)",
     )
-    llm.add_argument("--max-new-tokens", type=int, help="cap on reply tokens (default: the server's)")
-    llm.add_argument("--concurrency", type=int, default=8, help="requests in flight (default: 8)")
+    llm.add_argument("--max-new-tokens", type=run_folder.count, help="cap on reply tokens (default: the server's)")
+    llm.add_argument("--concurrency", type=run_folder.count, default=8, help="requests in flight (default: 8)")
     llm.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for one reply (default: 600, long prompts)"
+        "--timeout",
+        type=run_folder.positive,
+        default=600.0,
+        help="seconds to wait for one reply (default: 600, long prompts)",
     )
-    llm.add_argument("--max-retries", type=int, default=5, help="retries per call after an error or a bad reply (5)")
+    llm.add_argument(
+        "--max-retries",
+        type=run_folder.count_or_zero,
+        default=5,
+        help="retries per call after an error or a bad reply (5)",
+    )
     llm.add_argument("--cache-dir", help="reply cache, what makes reruns free (default: OUT.cache next to --out)")
     llm.add_argument(
-        "--batch-size", type=int, default=64, help="documents held in memory and asked at a time (default: 64)"
+        "--batch-size",
+        type=run_folder.count,
+        default=64,
+        help="documents held in memory and asked at a time (default: 64)",
     )
     parser.add_argument(
         "--allow-incomplete",

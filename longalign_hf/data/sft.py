@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longalign_hf.chat import VALID_ROLES
-from longalign_hf.data.hub import push_hub_folder, staged_folder
+from longalign_hf.data.hub import check_out_folder, push_hub_folder, staged_folder
 from longalign_hf.errors import UserInputError, iter_jsonl
+from longalign_hf.evaluation import run_folder
+from longalign_hf.evaluation.generation import TOKENIZER_FILES
 
 if TYPE_CHECKING:
     import datasets
@@ -76,8 +78,13 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load the tokenizer lengths are counted in; if it cannot be loaded, a `UserInputError` says what to pass."""
     from transformers import AutoTokenizer
 
-    if name_or_path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name_or_path)):
+    folder = os.path.expanduser(name_or_path)
+    if name_or_path.startswith((".", "/", "~")) and not os.path.exists(folder):
         reason = "no such folder"
+    elif os.path.isfile(folder):
+        reason = "a file, not a folder"
+    elif os.path.isdir(folder) and not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
+        reason = f"the folder holds no tokenizer file: none of {', '.join(TOKENIZER_FILES)}"
     else:
         try:
             return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
@@ -216,6 +223,14 @@ def _clean_row(row: dict[str, Any], index: int, column: str, source: str, bad_ro
         "_zw": zero_width,
         "_empty": empty_turns,
     }
+
+
+def _load_part(path: str) -> datasets.Dataset:
+    """One input set, by `load_chat_dataset`; the `datasets` library's own error lines are kept out of its message."""
+    from longalign_hf.sft_data import load_chat_dataset
+
+    with run_folder.quiet_datasets_log():
+        return load_chat_dataset(path)
 
 
 def _clean_part(dataset: datasets.Dataset, report: PartReport, bad_rows: str) -> datasets.Dataset:
@@ -452,7 +467,7 @@ def build_sft_dataset(
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
-    from longalign_hf.sft_data import BAD_ROW_POLICIES, load_chat_dataset, mix_datasets
+    from longalign_hf.sft_data import BAD_ROW_POLICIES, mix_datasets
 
     if short_ratio is not None and not 0 < short_ratio < 1:
         raise UserInputError(
@@ -461,13 +476,14 @@ def build_sft_dataset(
         )
     if bad_rows not in BAD_ROW_POLICIES:
         raise UserInputError(f"--bad-rows must be one of {', '.join(BAD_ROW_POLICIES)}, got {bad_rows!r}")
+    check_out_folder(out_dir)  # before the sets are loaded and cleaned, which takes a while
     tokenizer_name = tokenizer if isinstance(tokenizer, str) else tokenizer.name_or_path or type(tokenizer).__name__
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     out_dir = Path(out_dir)
 
     reports = [PartReport(name=name, path=path) for name, path in zip(SOURCES, (long, short))]
     # Shuffled before the mix: `mix_datasets` takes each set's first rows, which should be a random sample.
-    parts = [_clean_part(load_chat_dataset(r.path), r, bad_rows).shuffle(seed=seed) for r in reports]
+    parts = [_clean_part(_load_part(r.path), r, bad_rows).shuffle(seed=seed) for r in reports]
     fractions = None if short_ratio is None else [1 - short_ratio, short_ratio]
     parts = [part.add_column("source", [r.name] * len(part)) for r, part in zip(reports, parts)]
     mixed = mix_datasets(parts, fractions, seed=seed, columns=("messages", "source")).flatten_indices()
@@ -548,7 +564,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short", required=True, metavar="FILE_OR_ID", help="short chat data: Hub id, file or folder")
     parser.add_argument(
         "--short-ratio",
-        type=float,
+        type=run_folder.open_fraction,
         metavar="R",
         help="share of short samples in the mix, between 0 and 1 (default: all rows of both sets)",
     )
@@ -560,7 +576,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="tokenizer the length statistics are counted in: a Hub id, or a local folder (works offline) "
         f"(default: {DEFAULT_TOKENIZER}, from the Hub)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="seed of the shuffles (default: 42)")
+    parser.add_argument("--seed", type=run_folder.seed, default=42, help="seed of the shuffles (default: 42)")
     parser.add_argument(
         "--bad-rows",
         choices=("error", "skip"),  # `sft_data.BAD_ROW_POLICIES`, which imports `datasets`: too slow for `--help`

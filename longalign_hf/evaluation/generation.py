@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longalign_hf.errors import UserInputError
-from longalign_hf.evaluation.run_folder import looks_like_a_path, one_line
+from longalign_hf.evaluation.run_folder import DTYPES, looks_like_a_path, one_line
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -96,32 +96,131 @@ def _clean_seam(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], he
     return clean_head, clean_tail
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """`AutoTokenizer.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load."""
+# Files of which a tokenizer folder holds at least one (`save_pretrained` writes tokenizer_config.json and more).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
+)  # fmt: skip
+# Weight files of a model folder (`save_pretrained`: one file, or shards with an index).
+_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def _local_folder(name_or_path: str) -> Path | None:
+    """The local path `name_or_path` names (as transformers reads it: a local path wins), `None` for a Hub id."""
+    path = Path(name_or_path).expanduser()
+    return path if path.exists() else None
+
+
+def load_tokenizer(name_or_path: str, flag: str = "--model (or --tokenizer)") -> PreTrainedTokenizerBase:
+    """`AutoTokenizer.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load.
+
+    A local folder without any tokenizer file (`TOKENIZER_FILES`), e.g. a model saved without its tokenizer, is
+    refused before `transformers` tries it, naming the folder and what it lacks.
+    """
     from transformers import AutoTokenizer
 
+    folder = _local_folder(name_or_path)
+    if folder is not None and not folder.is_dir():
+        raise _cannot_load("a tokenizer", name_or_path, "a file, not a folder", flag)
+    if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise _cannot_load(
+            "a tokenizer",
+            name_or_path,
+            f"the folder holds no tokenizer file: none of {', '.join(TOKENIZER_FILES)}",
+            flag,
+        )
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
-    except OSError as error:
-        raise _cannot_load("a tokenizer", name_or_path, error) from None
+        return AutoTokenizer.from_pretrained(str(folder) if folder is not None else name_or_path)
+    except (OSError, ValueError) as error:  # no such id or folder, offline; files transformers cannot read
+        raise _cannot_load("a tokenizer", name_or_path, error, flag) from None
 
 
 def load_model_config(name_or_path: str) -> PretrainedConfig:
-    """`AutoConfig.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load."""
+    """`AutoConfig.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load.
+
+    A local folder without `config.json` (e.g. a tokenizer folder passed as the model) is refused naming the folder
+    and what it lacks.
+    """
     from transformers import AutoConfig
 
+    folder = _local_folder(name_or_path)
+    if folder is not None and not (folder / "config.json").is_file():
+        what = "a file, not a folder" if not folder.is_dir() else "the folder has no config.json, so it holds no model"
+        raise _cannot_load("a model config", name_or_path, what, "--model")
     try:
-        return AutoConfig.from_pretrained(name_or_path)
-    except OSError as error:
-        raise _cannot_load("a model config", name_or_path, error) from None
+        return AutoConfig.from_pretrained(str(folder) if folder is not None else name_or_path)
+    except (OSError, ValueError) as error:
+        raise _cannot_load("a model config", name_or_path, error, "--model") from None
 
 
-def _cannot_load(what: str, name_or_path: str, error: OSError) -> UserInputError:
+def _cannot_load(what: str, name_or_path: str, error: BaseException | str, flag: str) -> UserInputError:
     missing = looks_like_a_path(name_or_path) and not Path(name_or_path).expanduser().exists()
+    reason = "no such folder" if missing else error if isinstance(error, str) else one_line(error)
     return UserInputError(
-        f"Cannot load {what} from {name_or_path!r} ({'no such folder' if missing else one_line(error)}): pass a model "
-        "folder or a Hub id that has one, with --model (or --tokenizer)"
+        f"Cannot load {what} from {name_or_path!r} ({reason}): pass a model folder or a Hub id that has one, with "
+        f"{flag}"
     )
+
+
+def check_model_options(dtype: object, attn_implementation: str | None) -> None:
+    """Refuse a `dtype` or `attn_implementation` that `from_pretrained` would not take, before anything loads.
+
+    `dtype`: `"auto"`, a floating-point dtype name (`run_folder.DTYPES`) or a `torch.dtype`. `attn_implementation`:
+    `None` (transformers' choice), `"eager"`, a backend registered with `transformers.AttentionInterface` (sdpa,
+    flash_attention_2, ... and ours, `sdpa_packed` and `varlen_packed`), or a Hub kernel
+    `org/repo[@revision][:function]`.
+    """
+    import torch
+    from transformers import AttentionInterface
+
+    import longalign_hf.packed_attention  # noqa: F401  (registers sdpa_packed)
+    import longalign_hf.varlen_attention  # noqa: F401  (registers varlen_packed)
+    from longalign_hf.attention import hub_kernel_repo
+
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point) and dtype not in DTYPES:
+        raise UserInputError(f"--dtype {dtype!r} is not a model dtype: choose one of {', '.join(DTYPES)}")
+    if attn_implementation is None:
+        return
+    names = ["eager", *AttentionInterface().valid_keys()]
+    if attn_implementation not in names and hub_kernel_repo(attn_implementation) is None:
+        raise UserInputError(
+            f"--attn-implementation {attn_implementation!r} is not an attention backend: choose one of "
+            f"{', '.join(names)}, or a Hub kernel as org/repo[@revision][:function] (e.g. "
+            "kernels-community/flash-attn2)"
+        )
+
+
+def load_causal_lm(
+    name_or_path: str, dtype: object = "auto", attn_implementation: str | None = None
+) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained` in eval mode, on the GPUs when there are any, with every input checked.
+
+    The options are checked first (`check_model_options`), a local folder must hold `config.json` and weights, and a
+    model that still cannot load (a backend the machine lacks, a checkpoint transformers cannot read) raises
+    `UserInputError` with the first line of the reason, naming the flags.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    check_model_options(dtype, attn_implementation)
+    load_model_config(name_or_path)
+    folder = _local_folder(name_or_path)
+    if folder is not None and not any(any(folder.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+        raise _cannot_load(
+            "a model", name_or_path, "the folder has config.json but no weights (*.safetensors or *.bin)", "--model"
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder) if folder is not None else name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            device_map="auto" if torch.cuda.is_available() else None,
+        )
+    except (OSError, ValueError, ImportError) as error:
+        raise UserInputError(
+            f"Cannot load the model {name_or_path!r} (--dtype {dtype}, --attn-implementation "
+            f"{attn_implementation or 'default'}): {one_line(error)}"
+        ) from None
+    return model.eval()
 
 
 def chat_text(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

@@ -13,9 +13,10 @@ answers is refused), `judge_cache/` (a rerun pays no judge call twice), `results
 scale, per-case ratings and judge replies, judge model, token usage, settings, how many cases have no score) and
 `summary.md`.
 
-A judge call that fails after its retries is logged as a warning; if any case is left without a score (or with fewer
-judge runs than --n-runs), the summary says how many and the command exits with status 1, unless
-`--allow-incomplete`. Rerunning the same command retries just those calls.
+A generation or judge call that fails after its retries is logged as a warning; if any case is left without an
+answer or a score (or with fewer judge runs than --n-runs), the summary says how many and the command exits with status
+1, unless `--allow-incomplete` (then cases without an answer count as unscored). Rerunning the same command retries
+just those calls. Every input is checked before anything is written, the model loaded included.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from longalign_hf.longbench_chat import score_predictions
 
 if TYPE_CHECKING:
     import datasets
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def load_cases(dataset: str = DEFAULT_DATASET, config: str = "all") -> datasets.
         raise UserInputError(f"--dataset {dataset}: no such folder; {_HOW_TO_BUILD}")
     source = str(local) if local.exists() else dataset
     try:
-        cases = datasets.load_dataset(source, config, split="test")
+        with run_folder.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
+            cases = datasets.load_dataset(source, config, split="test")
     except DatasetNotFoundError:
         raise UserInputError(
             f"--dataset {dataset}: no such data set on the Hub, nor a local folder of that name; check the id, or "
@@ -95,6 +97,16 @@ def load_cases(dataset: str = DEFAULT_DATASET, config: str = "all") -> datasets.
             raise UserInputError(f"--dataset {dataset} is neither a folder nor a Hub id; {_HOW_TO_BUILD}") from None
         if "BuilderConfig" not in str(error) and "split" not in str(error):
             raise
+        configs = _config_names(source)
+        if "all" in configs and config not in configs:  # a LongBench-Chat set built from a one-language source
+            languages = [language for language in ("en", "zh") if language in configs]
+            raise UserInputError(
+                f"--dataset {dataset} has no {config!r} config (it has: {', '.join(configs)}): the source it was "
+                f"built from has no {_LANGUAGE_NAMES.get(config, config)} case. Pass --config "
+                f"{' or '.join(['all', *languages])}, or build a set with {config!r} cases from the full benchmark "
+                "(`longalign data build longbench-chat --out DIR` without --source downloads it) and pass "
+                "--dataset DIR"
+            ) from None
         raise UserInputError(
             f"--dataset {dataset} is not a LongBench-Chat data set: {_describe(source)}, but LongBench-Chat has "
             f"configs all, en and zh with a test split; {_HOW_TO_BUILD}"
@@ -108,6 +120,20 @@ def load_cases(dataset: str = DEFAULT_DATASET, config: str = "all") -> datasets.
     if not len(cases):
         raise UserInputError(f"--dataset {dataset} (config {config}) has no case; {_HOW_TO_BUILD}")
     return cases
+
+
+_LANGUAGE_NAMES = {"en": "English", "zh": "Chinese"}
+
+
+def _config_names(source: str) -> list[str]:
+    """The configs of a data set, `[]` when they cannot be read."""
+    import datasets
+    from datasets.exceptions import DatasetsError
+
+    try:
+        return list(datasets.get_dataset_config_names(source))
+    except (ValueError, OSError, DatasetsError):
+        return []
 
 
 def _describe(source: str) -> str:
@@ -156,6 +182,7 @@ def _read_predictions(path: Path, model: str) -> dict[int, str]:
 def _generate(
     cases: datasets.Dataset,
     model: str,
+    lm: PreTrainedModel | None,
     tok: PreTrainedTokenizerBase,
     save: Callable[[int, str], None],
     *,
@@ -167,9 +194,9 @@ def _generate(
     temperature: float,
     seed: int,
     batch_size: int,
-    dtype: str,
-    attn_implementation: str | None,
 ) -> None:
+    """Answer `cases` with the loaded model `lm`, or with the server at `generation_base_url` (then `lm` is `None`);
+    `save(idx, answer)` is called for each answer as it comes. A server call that fails is logged and left out."""
     from longalign_hf.evaluation.generation import generate_chat_answers, request_chat_answers, truncate_prompts
     from longalign_hf.judge import JudgeClient
 
@@ -186,15 +213,6 @@ def _generate(
         prompts = truncate_prompts(tok, cases["prompt"], max_length)
         request_chat_answers(client, prompts, on_answer=lambda i, answer: save(cases[i]["idx"], answer))
         return
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    lm = AutoModelForCausalLM.from_pretrained(
-        model,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        device_map="auto" if torch.cuda.is_available() else None,
-    ).eval()
     logger.info("Loaded %s (%s, attention: %s)", model, lm.dtype, lm.config._attn_implementation)
     generate_chat_answers(
         lm,
@@ -239,21 +257,39 @@ def run_longbench_chat(
     """Evaluate `model` on LongBench-Chat: generate (resumable), judge (cached), write results; returns them.
 
     See `add_arguments` for each option (the CLI's help) and the module docstring for the output folder. Every input
-    is checked before anything is written: the judge client first (a missing API key fails before any generation),
-    then the data set, the saved answers, the settings and the tokenizer. The results say how many cases have no
-    score (`num_unscored`: every judge run failed) or fewer judge runs than `n_runs` (`num_partly_scored`); the
-    command exits with status 1 when either is not 0, unless `--allow-incomplete`.
+    is checked before anything is written: the options and paths, the judge client (a missing API key fails before
+    any generation), then the data set, the saved answers, the settings, the tokenizer and the model. The results say
+    how many cases have no answer (`num_unanswered`: the generation server failed for them), no score
+    (`num_unscored`: every judge run failed, or no answer) or fewer judge runs than `n_runs` (`num_partly_scored`);
+    the command exits with status 1 when any is not 0, unless `--allow-incomplete`.
     """
+    from longalign_hf.evaluation.generation import check_model_options
     from longalign_hf.judge import JudgeClient
 
-    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size), ("n_runs", n_runs)):
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("batch_size", batch_size),
+        ("n_runs", n_runs),
+        ("generation_concurrency", generation_concurrency),
+        ("judge_concurrency", judge_concurrency),
+    ):
         if value < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be at least 1, got {limit}")
     if max_length is not None and max_length < 1:
         raise UserInputError(f"--max-length must be at least 1 (0 on the command line: never cut), got {max_length}")
+    if temperature < 0:
+        raise UserInputError(f"--temperature must be at least 0, got {temperature}")
+    if not judge_timeout > 0:
+        raise UserInputError(f"--judge-timeout must be above 0 seconds, got {judge_timeout}")
+    if judge_max_retries < 0:
+        raise UserInputError(f"--judge-max-retries must be 0 or more, got {judge_max_retries}")
+    check_model_options(dtype, attn_implementation)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model)
+    run_folder.check_can_create(output_dir, "--output-dir")
+    if judge_cache_dir is not None:
+        run_folder.check_can_create(judge_cache_dir, "--judge-cache-dir")
     judge = JudgeClient(
         judge_model,
         base_url=judge_base_url,
@@ -283,10 +319,15 @@ def run_longbench_chat(
     predictions = _read_predictions(predictions_path, model)
     run_folder.check_settings(output_dir, settings, has_answers=bool(predictions))
     todo = cases.select([i for i, idx in enumerate(cases["idx"]) if idx not in predictions])
+    lm = None
     if len(todo):
-        from longalign_hf.evaluation.generation import load_tokenizer
+        from longalign_hf.evaluation.generation import load_causal_lm, load_tokenizer
 
         tok = load_tokenizer(tokenizer or model)
+        if generation_base_url is None:  # loaded before anything is written: a model that fails leaves nothing
+            lm = load_causal_lm(model, dtype, attn_implementation)
+    if judge_cache_dir is not None:  # the first write: a folder that cannot be made leaves nothing behind
+        run_folder.make_folder(judge_cache_dir, "--judge-cache-dir")
     run_folder.write_settings(output_dir, settings)
 
     if len(todo):
@@ -301,6 +342,7 @@ def run_longbench_chat(
             _generate(
                 todo,
                 model,
+                lm,
                 tok,
                 save,
                 generation_base_url=generation_base_url,
@@ -311,28 +353,16 @@ def run_longbench_chat(
                 temperature=temperature,
                 seed=seed,
                 batch_size=batch_size,
-                dtype=dtype,
-                attn_implementation=attn_implementation,
             )
-    missing = [idx for idx in cases["idx"] if idx not in predictions]
-    if missing:
-        raise RuntimeError(
-            f"No answer for cases {missing} (generation failed, see the log); rerun the same command to retry them."
+    answers: list[str | None] = [predictions.get(idx) for idx in cases["idx"]]
+    unanswered = [idx for idx, answer in zip(cases["idx"], answers) if answer is None]
+    if unanswered:
+        logger.warning(
+            "No answer for cases %s (the generation failed, see the warnings above): they are left unscored; rerun "
+            "the same command to retry them.",
+            unanswered,
         )
-
-    answers = [predictions[idx] for idx in cases["idx"]]
-    scores = score_predictions(
-        answers,
-        cases["answer"],
-        cases["query"],
-        cases["few_shots"],
-        cases[0]["judge_template"],
-        judge,
-        languages=cases["language"],
-        n_runs=n_runs,
-        seed=seed,
-        flatten_newlines=flatten_newlines,
-    )
+    scores = _score_answered(cases, answers, judge, n_runs=n_runs, seed=seed, flatten_newlines=flatten_newlines)
     results = {
         "model": model,
         "dataset": dataset,
@@ -352,6 +382,7 @@ def run_longbench_chat(
             "flatten_newlines": flatten_newlines,
         },
         **{key: scores[key] for key in ("score", "language_scores", "num_scored", "num_failed", "failures", "usage")},
+        "num_unanswered": len(unanswered),
         "num_unscored": len(cases) - scores["num_scored"],
         "num_partly_scored": sum(
             score is not None and None in ratings for score, ratings in zip(scores["scores"], scores["ratings"])
@@ -376,21 +407,64 @@ def run_longbench_chat(
     return results
 
 
+def _score_answered(
+    cases: datasets.Dataset,
+    answers: Sequence[str | None],
+    judge: Any,
+    *,
+    n_runs: int,
+    seed: int,
+    flatten_newlines: bool,
+) -> dict[str, Any]:
+    """`score_predictions` over the cases that have an answer; a case without one gets no rating, no judge call."""
+    from longalign_hf.longbench_chat import aggregate_scores
+
+    answered = [i for i, answer in enumerate(answers) if answer is not None]
+    subset = cases.select(answered)
+    scores = score_predictions(
+        [answers[i] for i in answered],
+        subset["answer"],
+        subset["query"],
+        subset["few_shots"],
+        cases[0]["judge_template"],
+        judge,
+        languages=subset["language"],
+        n_runs=n_runs,
+        seed=seed,
+        flatten_newlines=flatten_newlines,
+    )
+    if len(answered) == len(answers):
+        return scores
+    ratings: list[list[float | None]] = [[None] * n_runs for _ in answers]
+    replies: list[list[str | None]] = [[None] * n_runs for _ in answers]
+    for position, i in enumerate(answered):
+        ratings[i], replies[i] = scores["ratings"][position], scores["judge_replies"][position]
+    for failure in scores["failures"]:  # indices into `cases`, as with every case answered
+        failure["index"] = answered[failure["index"]]
+    return {**scores, **aggregate_scores(ratings, cases["language"]), "ratings": ratings, "judge_replies": replies}
+
+
 def shortfall(results: dict[str, Any]) -> str | None:
     """What a `run_longbench_chat` result lacks, as one sentence ("2 of 12 cases have no score ..."); `None` if
-    every case has all its judge runs."""
-    if not results["num_unscored"] and not results["num_partly_scored"]:
+    every case has an answer and all its judge runs."""
+    unanswered = results.get("num_unanswered", 0)
+    unrated = results["num_unscored"] - unanswered  # answered, but every judge run failed
+    if not unanswered and not unrated and not results["num_partly_scored"]:
         return None
     parts = []
-    if results["num_unscored"]:
-        parts.append(f"{results['num_unscored']} of {results['num_cases']} cases have no score")
+    if unanswered:
+        parts.append(f"{unanswered} of {results['num_cases']} cases have no answer (the generation failed)")
+    if unrated:
+        parts.append(f"{unrated} of {results['num_cases']} cases have no score")
     if results["num_partly_scored"]:
         runs = results["judge_settings"]["n_runs"]
         parts.append(f"{results['num_partly_scored']} were rated in fewer than {runs} judge runs")
-    return (
-        f"{results['model']}: {' and '.join(parts)} ({results['num_failed']} judge calls failed; see `failures` in "
-        "results.json)"
+    judge_note = (
+        f" ({results['num_failed']} judge calls failed; see `failures` in results.json)"
+        if results["num_failed"]
+        else ""
     )
+    return f"{results['model']}: {' and '.join(parts)}{judge_note}"
 
 
 def format_summary(results: Sequence[dict[str, Any]]) -> str:
@@ -459,12 +533,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="sampling temperature, 0 for greedy (default: 1.0, the paper's)",
     )
-    gen.add_argument("--seed", type=int, default=42, help="seed before each batch, and of the judge shuffles (42)")
-    gen.add_argument("--batch-size", type=run_folder.count, default=1, help="prompts per generate call (default: 1)")
-    gen.add_argument("--dtype", default="auto", help="model weights dtype (default: auto, the checkpoint's)")
     gen.add_argument(
-        "--attn-implementation", help="attention backend, e.g. flash_attention_2 or sdpa (default: transformers')"
+        "--seed", type=run_folder.seed, default=42, help="seed before each batch, and of the judge shuffles (42)"
     )
+    gen.add_argument("--batch-size", type=run_folder.count, default=1, help="prompts per generate call (default: 1)")
+    gen.add_argument(
+        "--dtype",
+        default="auto",
+        choices=run_folder.DTYPES,
+        help="model weights dtype (default: auto, the checkpoint's)",
+    )
+    gen.add_argument("--attn-implementation", help=run_folder.ATTN_IMPLEMENTATION_HELP)
     gen.add_argument("--tokenizer", help="tokenizer for truncation and the chat template (default: --model)")
     gen.add_argument(
         "--generation-base-url",
@@ -495,7 +574,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--judge-concurrency", type=run_folder.count, default=8, help="judge requests in flight (default: 8)"
     )
     judge.add_argument(
-        "--judge-timeout", type=run_folder.at_least_zero, default=120.0, help="seconds per judge reply (default: 120)"
+        "--judge-timeout", type=run_folder.positive, default=120.0, help="seconds per judge reply (default: 120)"
     )
     judge.add_argument(
         "--judge-max-retries",

@@ -76,7 +76,9 @@ from longalign_hf.errors import UserInputError, iter_jsonl
 from longalign_hf.evaluation import run_folder
 from longalign_hf.evaluation.generation import (
     chat_text,
+    check_model_options,
     generate_chat_answers,
+    load_causal_lm,
     load_model_config,
     load_tokenizer,
 )
@@ -110,6 +112,10 @@ NEEDLE_TYPES = ("words", "numbers", "uuids")
 # The release's Needle_test config: 10 lengths from 1k to 60k tokens, `numpy.linspace(1000, 60000, 10)` rounded.
 DEFAULT_LENGTHS = (1000, 7556, 14111, 20667, 27222, 33778, 40333, 46889, 53444, 60000)
 DEFAULT_NUM_DEPTHS = 10
+# The most depths a count can ask for: they are rounded to whole percents, and 0-100 has 101 of them.
+MAX_NUM_DEPTHS = 101
+# The shortest length accepted on the command line: no chat prompt with a question and a needle is shorter.
+MIN_LENGTH = 100
 # How far (percentage points of the haystack) a needle may land from its asked depth; see the module docstring.
 DEPTH_TOLERANCE = 2.0
 
@@ -176,11 +182,18 @@ def depth_grid(num_depths: int = DEFAULT_NUM_DEPTHS) -> list[float]:
     The paper's heatmap spans 0-100%; the released `Needle_test/config-prompt.yaml` spans 10-90%, which is
     `--depths 10,19,28,37,46,54,63,72,81,90`.
 
+    At most `MAX_NUM_DEPTHS` (101): more would repeat depths; list them instead (`--depths 0,0.5,1,...`).
+
     >>> depth_grid(10)
     [0.0, 11.0, 22.0, 33.0, 44.0, 56.0, 67.0, 78.0, 89.0, 100.0]
     """
     if num_depths < 1:
-        raise ValueError(f"The number of depths must be at least 1, got {num_depths}.")
+        raise UserInputError(f"The number of depths must be at least 1, got {num_depths}.")
+    if num_depths > MAX_NUM_DEPTHS:
+        raise UserInputError(
+            f"{num_depths} depths rounded to whole percents would repeat depths (0-100 holds {MAX_NUM_DEPTHS}): ask "
+            f"for at most {MAX_NUM_DEPTHS}, or list the depths themselves (e.g. 0,0.5,1,1.5)."
+        )
     if num_depths == 1:
         return [0.0]
     return [float(round(100 * i / (num_depths - 1))) for i in range(num_depths)]
@@ -607,7 +620,12 @@ def run_needle(
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if value < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if temperature < 0:
+        raise UserInputError(f"--temperature must be at least 0, got {temperature}")
+    if isinstance(model, str):
+        check_model_options(dtype, attn_implementation)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model_name)
+    run_folder.check_can_create(output_dir, "--output-dir")
     # Every input is checked before anything is written: nothing half-made refuses the corrected rerun.
     judge = None
     if judge_model is not None and "single" not in probes:
@@ -662,6 +680,9 @@ def run_needle(
     # All prompts first (a few MB of text at most), so a length too short for its probe fails before anything is
     # written or the model loads.
     prompts = _build_prompts(tok, haystack_text, todo, seed, num_needles, key_type, value_type) if todo else {}
+    # The model loads before anything is written too: a checkpoint or backend that fails leaves nothing behind.
+    if todo and isinstance(model, str):
+        model = load_causal_lm(model, dtype, attn_implementation)
     run_folder.write_settings(output_dir, settings)
     if todo:
         logger.info("Needle: %d records to make (%d already in %s)", len(todo), len(cells) - len(todo), records_path)
@@ -676,8 +697,6 @@ def run_needle(
             batch_size=batch_size,
             temperature=temperature,
             seed=seed,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
         )
     else:
         logger.info("Needle: all %d records are already in %s; nothing to generate.", len(cells), records_path)
@@ -761,7 +780,7 @@ def _build_prompts(
 
 
 def _generate(
-    model: str | PreTrainedModel,
+    model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts_by_length: dict[int, list[NeedlePrompt]],
     records: dict[tuple[str, int, float], dict[str, Any]],
@@ -772,20 +791,8 @@ def _generate(
     batch_size: int,
     temperature: float,
     seed: int,
-    dtype: str,
-    attn_implementation: str | None,
 ) -> None:
     """Answer and score the prompts, one length at a time, appending each record to `records_path` as it comes."""
-    if isinstance(model, str):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            model,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            device_map="auto" if torch.cuda.is_available() else None,
-        ).eval()
     logger.info("Model %s (%s, attention: %s)", model_name, model.dtype, model.config._attn_implementation)
     with run_folder.open_for_append(records_path) as f:
         for number, length in enumerate(sorted(prompts_by_length), start=1):
@@ -849,23 +856,56 @@ def format_summary(results: dict[str, Any]) -> str:
 
 
 def _parse_lengths(value: str) -> list[int]:
-    """`"1000,8k,32k"` -> `[1000, 8000, 32000]`."""
+    """`"1000,8k,32k"` -> `[1000, 8000, 32000]`; a length under `MIN_LENGTH` is refused (`1,000` is two lengths).
+
+    >>> _parse_lengths("1000,8k,1.5k")
+    [1000, 8000, 1500]
+    """
     try:
-        return [int(float(item[:-1]) * 1000) if item.lower().endswith("k") else int(item) for item in value.split(",")]
+        lengths = [
+            int(float(item[:-1]) * 1000) if item.lower().endswith("k") else int(item)
+            for item in (item.strip() for item in value.split(","))
+        ]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a list of lengths: give token counts separated by commas, e.g. 1000,8k,32k."
         ) from None
+    short = [length for length in lengths if length < MIN_LENGTH]
+    if short:
+        hint = ""
+        if re.fullmatch(r"\d{1,3}(,\d{3})+", value.strip()):
+            hint = f"did you mean {value.strip().replace(',', '')}? "
+        raise argparse.ArgumentTypeError(
+            f"{value!r} holds lengths under {MIN_LENGTH} tokens ({', '.join(map(str, short))}): {hint}lengths are "
+            "comma-separated token counts of the whole prompt, e.g. 1000,8k,32k (write 1000 or 1k, not 1,000)."
+        )
+    return lengths
 
 
 def _parse_depths(value: str) -> int | list[float]:
-    """`"10"` -> 10 evenly spaced depths; `"0,50,100"` -> those depths."""
+    """`"10"` -> 10 evenly spaced depths (1 to `MAX_NUM_DEPTHS`); `"0,50,100"` -> those depths."""
     try:
-        return [float(item) for item in value.split(",") if item] if "," in value else int(value)
+        depths = [float(item) for item in value.split(",") if item.strip()] if "," in value else int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{value!r} is neither a number of depths (e.g. 10) nor a list of percentages (e.g. 0,50,100)."
         ) from None
+    if isinstance(depths, int) and not 1 <= depths <= MAX_NUM_DEPTHS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of depths from 1 to {MAX_NUM_DEPTHS} (more would repeat depths rounded to "
+            "whole percents): give a count such as 10, or the depths themselves, e.g. 0,50,100."
+        )
+    if isinstance(depths, list):
+        outside = [depth for depth in depths if not 0 <= depth <= 100]
+        repeated = sorted({depth for depth in depths if depths.count(depth) > 1})
+        if not depths or outside or repeated:
+            problem = (
+                "no depth" if not depths else f"depths outside 0-100: {outside}" if outside else f"repeats {repeated}"
+            )
+            raise argparse.ArgumentTypeError(
+                f"{value!r} has {problem}: give percentages from 0 to 100, each once, e.g. 0,50,100."
+            )
+    return depths
 
 
 def _parse_probes(value: str) -> list[str]:
@@ -913,7 +953,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--key-type", choices=NEEDLE_TYPES, default="words", help="RULER keys (default: words)")
     grid.add_argument("--value-type", choices=NEEDLE_TYPES, default="numbers", help="RULER values (default: numbers)")
     grid.add_argument(
-        "--seed", type=int, default=42, help="seed of RULER keys, values and depths, and of sampling (42)"
+        "--seed", type=run_folder.seed, default=42, help="seed of RULER keys, values and depths, and of sampling (42)"
     )
     grid.add_argument(
         "--output-dir", help="where records, results, heatmaps and summary go (default: outputs/needle/MODEL)"
@@ -934,10 +974,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="prompts of the same length per generate call (default: 1)",
     )
-    gen.add_argument("--dtype", default="auto", help="model weights dtype (default: auto, the checkpoint's)")
     gen.add_argument(
-        "--attn-implementation", help="attention backend, e.g. flash_attention_2 or sdpa (default: transformers')"
+        "--dtype",
+        default="auto",
+        choices=run_folder.DTYPES,
+        help="model weights dtype (default: auto, the checkpoint's)",
     )
+    gen.add_argument("--attn-implementation", help=run_folder.ATTN_IMPLEMENTATION_HELP)
     gen.add_argument(
         "--max-model-length",
         type=run_folder.count,

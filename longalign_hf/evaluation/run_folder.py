@@ -11,8 +11,11 @@ rerun of the same command skips what is done. Two rules keep such a folder hones
 - A run that ends with cases left unscored (a judge that failed) exits with status 1 (`exit_status`) unless the
   user passed `--allow-incomplete`; the summary and `results.json` say how many.
 
-The number types of their flags live here too (`count`, `count_or_zero`, `at_least_zero`), so a bad value is an
-argument error.
+The flag types of every `longalign` command live here too (`count`, `count_or_zero`, `at_least_zero`, `positive`,
+`open_fraction`, `seed`, `DTYPES`), so a bad value is an argument error, the same in every command; and so do the
+checks that name the flag of a path that cannot be written (`check_can_create`, `make_folder`) and
+`quiet_datasets_log`, which keeps the `datasets` library's own error lines out of the way while a load error is
+translated into ours.
 
 Stdlib only: the `longalign` command imports the modules that use this before it knows which subcommand runs.
 """
@@ -20,10 +23,12 @@ Stdlib only: the `longalign` command imports the modules that use this before it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -32,6 +37,13 @@ from longalign_hf.errors import UserInputError
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "run.json"
+# The `--dtype` choices of the evaluation commands: "auto" (the checkpoint's) or a floating-point torch dtype.
+DTYPES = ("auto", "bfloat16", "float16", "float32", "float64")
+ATTN_IMPLEMENTATION_HELP = (
+    "attention backend: eager, sdpa, flash_attention_2, flash_attention_3, flex_attention, sdpa_packed, "
+    "varlen_packed (any name transformers' AttentionInterface knows), or a Hub kernel org/repo[@revision][:function]; "
+    "checked before the model loads (default: transformers')"
+)
 ALLOW_INCOMPLETE_HELP = "exit 0 even when some cases could not be scored (default: exit 1 and say how many)"
 
 
@@ -77,11 +89,85 @@ def check_settings(output_dir: Path, settings: dict[str, Any], has_answers: bool
 
 
 def write_settings(output_dir: Path, settings: dict[str, Any]) -> None:
-    """Create `output_dir` and record `settings` in its `run.json` (call after every input was checked)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SETTINGS_FILE).write_text(
-        json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    """Create `output_dir` and record `settings` in its `run.json` (call after every input was checked).
+
+    A folder that cannot be written raises `UserInputError` naming `--output-dir`.
+    """
+    make_folder(output_dir, "--output-dir")
+    try:
+        (output_dir / SETTINGS_FILE).write_text(
+            json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+    except OSError as error:
+        raise UserInputError(
+            f"--output-dir {output_dir}: cannot write {SETTINGS_FILE} there ({error.strerror or error}); pass a "
+            "folder you can write to"
+        ) from None
+
+
+def check_can_create(path: str | os.PathLike, flag: str, kind: str = "folder", wanted: str | None = None) -> None:
+    """Refuse a `flag` path (a `kind` of "folder" or "file" to create or add to) that cannot be written, before
+    anything is. `wanted` says what to pass instead of an existing path of the other kind.
+
+    Refused, with a `UserInputError` naming the flag and what to do: a path that exists as the other kind, a path
+    below a file, and a path in a folder this user may not write to. Reads only; a file system that refuses a write
+    for other reasons (e.g. `/proc`) is caught where the path is made (`make_folder`).
+
+    >>> check_can_create(__file__, "--output-dir")
+    Traceback (most recent call last):
+    ...
+    longalign_hf.errors.UserInputError: --output-dir ...run_folder.py is a file: pass a folder (it is created if ...
+    """
+    path = Path(path).expanduser()
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):  # to be made (or below a file: said below)
+        pass
+    except OSError as error:  # a name too long, a loop of links, no permission to look
+        raise UserInputError(f"{flag} {path}: {error.strerror or error}; pass another path") from None
+    if path.exists():
+        if kind == "folder" and not path.is_dir():
+            raise UserInputError(f"{flag} {path} is a file: pass {wanted or 'a folder (it is created if missing)'}")
+        if kind == "file" and path.is_dir():
+            raise UserInputError(f"{flag} {path} is a folder: pass {wanted or 'a file (it is created if missing)'}")
+        if not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise UserInputError(f"{flag} {path}: no permission to write it; pass a path you can write to")
+        return
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserInputError(
+            f"{flag} {path}: {existing} is a file, so nothing can be created below it; pass another path"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} {path}: no permission to write in {existing}; pass a path you can write to")
+
+
+def make_folder(path: str | os.PathLike, flag: str) -> Path:
+    """Create the folder `path` (and its parents) for `flag`; an OS error is a `UserInputError` naming the flag."""
+    path = Path(path)
+    check_can_create(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserInputError(
+            f"{flag} {path}: cannot create this folder ({error.strerror or error}); pass a folder you can write to"
+        ) from None
+    return path
+
+
+@contextlib.contextmanager
+def quiet_datasets_log() -> Iterator[None]:
+    """Hide the `datasets` library's own log lines (e.g. ERROR "Failed to read schema ...") while it loads data
+    whose errors the caller translates into one line of its own; the level is restored afterwards."""
+    library = logging.getLogger("datasets")
+    level = library.level
+    library.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        library.setLevel(level)
 
 
 def open_for_append(path: Path) -> TextIO:
@@ -141,11 +227,33 @@ def at_least_zero(value: str) -> float:
     return _number(value, float, 0, "a number of at least 0")
 
 
-def _number(value: str, kind: type, low: float, wanted: str) -> Any:
+def seed(value: str) -> int:
+    """An argparse type: a random seed, a whole number from 0 to 2**32 - 1 (what numpy and `set_seed` take)."""
+    number = _number(value, int, 0, "a seed: a whole number from 0 to 4294967295")
+    if number >= 2**32:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a seed: a whole number from 0 to 4294967295")
+    return number
+
+
+def positive(value: str) -> float:
+    """An argparse type: a number above 0 (e.g. a timeout in seconds)."""
+    return _number(value, float, 0, "a number above 0", strict=True)
+
+
+def open_fraction(value: str) -> float:
+    """An argparse type: a number between 0 and 1, both excluded (e.g. a share of the mix)."""
+    number = _number(value, float, 0, "a number between 0 and 1 (both excluded)", strict=True)
+    if number >= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number between 0 and 1 (both excluded)")
+    return number
+
+
+def _number(value: str, kind: type, low: float, wanted: str, strict: bool = False) -> Any:
     try:
         number = kind(value)
     except ValueError:
         number = None
-    if number is None or number < low:
+    # NaN compares false with everything, so it is refused with the rest; so is infinity.
+    if number is None or not (number > low if strict else number >= low) or number == float("inf"):
         raise argparse.ArgumentTypeError(f"{value!r} is not {wanted}")
     return number
