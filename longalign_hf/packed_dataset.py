@@ -24,6 +24,11 @@ def _column_values(table: pa.Table, name: str) -> pa.Array:
     return column.flatten()
 
 
+def column_array(dataset: datasets.Dataset, name: str) -> np.ndarray:
+    """A numeric column as one numpy array, read through Arrow (`dataset[name]` reads it row by row: 13 s for 840k)."""
+    return dataset.select_columns([name]).with_format("arrow")[:][name].to_numpy()
+
+
 def pack_dataset(
     dataset: datasets.Dataset,
     max_length: int,
@@ -51,7 +56,7 @@ def pack_dataset(
         raise ValueError(f"pack_dataset needs tokenized samples; missing column(s): {', '.join(sorted(missing))}")
     if "length" not in dataset.column_names:
         dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc="Measuring samples")
-    lengths = np.asarray(dataset["length"], dtype=np.int64)
+    lengths = column_array(dataset, "length").astype(np.int64)
     plan = plan_packs(lengths.tolist(), max_length, strategy=strategy)
     planned = len(plan)
     plan = split_packs(plan, lengths, multiple_of, attention_constant)

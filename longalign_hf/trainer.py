@@ -24,7 +24,7 @@ from .collator import (
 from .config import LongAlignConfig
 from .loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
 from .packed_attention import PACKED_SDPA
-from .packed_dataset import pack_dataset
+from .packed_dataset import column_array, pack_dataset
 from .packing import balanced_pack_order, sample_cost, step_efficiency
 from .sampler import SortedBatchSampler
 from .sft_data import prepare_sft_dataset
@@ -188,8 +188,8 @@ class LongAlignSFTTrainer(SFTTrainer):
                 )
             if "length" not in dataset.column_names:
                 dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc=f"Measuring {split}")
-            too_long = [i for i, n in enumerate(dataset["length"]) if args.max_length and n > args.max_length]
-            if too_long:
+            too_long = np.flatnonzero(column_array(dataset, "length") > args.max_length) if args.max_length else []
+            if len(too_long):
                 raise ValueError(
                     f"{len(too_long)} tokenized {split} samples are over max_length={args.max_length} (first: row "
                     f"{too_long[0]}); truncate or drop them, or pass `messages` so the `overflow` policy applies"
@@ -228,9 +228,11 @@ class LongAlignSFTTrainer(SFTTrainer):
             dataset, self.args.max_length, strategy=self.args.pack_planner, multiple_of=multiple_of,
             attention_constant=constant,
         )  # fmt: skip
-        costs = [float(sample_cost(np.asarray(lengths), constant).sum()) for lengths in packed["seq_lengths"]]
-        packed = packed.add_column("cost", costs)
-        num_samples = np.asarray(packed["num_samples"])
+        seq_lengths = packed.select_columns(["seq_lengths"]).with_format("arrow")[:]["seq_lengths"].combine_chunks()
+        sample_costs = sample_cost(seq_lengths.flatten().to_numpy(), constant)
+        costs = np.add.reduceat(sample_costs, seq_lengths.offsets.to_numpy()[:-1]).astype(float)  # no pack is empty
+        packed = packed.add_column("cost", costs.tolist())
+        num_samples = column_array(packed, "num_samples")
         devices, per_device = self.args.world_size, self.args.per_device_train_batch_size
         packs_per_step = devices * per_device * self.args.gradient_accumulation_steps
         balance = {
@@ -239,7 +241,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             )
             for name, balanced in (("balanced", True), ("random", False))
         }
-        fill = np.sum(packed["length"]) / (len(packed) * self.args.max_length)
+        fill = column_array(packed, "length").sum() / (len(packed) * self.args.max_length)
         logger.info(
             "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
             "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
@@ -289,7 +291,7 @@ class LongAlignSFTTrainer(SFTTrainer):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.batching == "naive" or (self.args.batching == "pack" and self.args.pack_schedule == "random"):
             return super()._get_train_sampler(dataset)
-        keys = dataset["cost"] if self.args.batching == "pack" else dataset["length"]
+        keys = column_array(dataset, "cost" if self.args.batching == "pack" else "length").tolist()
         return SortedBatchSampler(
             keys,
             batch_size=self.args.per_device_train_batch_size,

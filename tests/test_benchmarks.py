@@ -151,3 +151,31 @@ def test_packed_attention_quick(benchmark, capsys):
     out = capsys.readouterr().out
     assert "| samples / pack | tokens / sample | sdpa_packed | sdpa + block-diagonal mask | mask / packed |" in out
     assert [(r["samples"], r["sample_tokens"]) for r in results] == [(1, 512), (8, 64), (64, 8)]
+
+
+def test_planner_vs_trl_quick(benchmark, capsys):
+    module = benchmark("planner_vs_trl")
+    rows = module.main(["--quick", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| method | token columns copied | seconds | time / plan_packs bfd | packs | fill |" in out
+    lengths = benchmark("_lengths").long_tailed_lengths(4950, 50, seed=0)  # what --quick packs
+    ours, _, _, trl_blocks, trl_whole = rows
+    assert ours["method"] == "plan_packs bfd" and trl_blocks["method"].startswith("TRL pack_dataset, as SFTTrainer")
+    assert all(row["samples"] == len(lengths) and row["tokens"] == lengths.sum() for row in rows)
+    assert ours["fill"] >= trl_blocks["fill"]
+    # Checked here too, not only by the script: every sample in exactly one of our packs...
+    plan = module.plan_packs(lengths.tolist(), 65536, "bfd")
+    assert sorted(i for pack in plan for i in pack) == list(range(len(lengths)))
+    assert sum(lengths[pack].sum() for pack in plan) == lengths.sum()
+    # ...and in TRL's rows: the tokens, and seq_lengths / position ids that add up to every row.
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    for whole, row in ((False, trl_blocks), (True, trl_whole)):
+        packed = module.trl_pack(module.token_dataset(lengths), 65536, whole=whole)
+        assert len(packed) == row["packs"]
+        row_tokens = [len(ids) for ids in packed["input_ids"]]
+        assert sum(row_tokens) == lengths.sum() and max(row_tokens) <= 65536
+        assert sorted(n for seq in packed["seq_lengths"] for n in seq) == sorted(lengths.tolist())
+        position_ids = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths(packed["seq_lengths"])
+        assert [len(ids) for ids in position_ids] == row_tokens
+        assert sum(int((ids == 0).sum()) for ids in position_ids) == len(lengths)  # one restart per sample

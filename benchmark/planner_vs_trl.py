@@ -1,0 +1,233 @@
+"""Our pack planner against TRL's `pack_dataset` (the installed version) on the same lengths: seconds, packs, fill.
+
+Rows, all on one set of lengths (default: 840,000 of the long-tailed mix, `_lengths.long_tailed_lengths`, max length
+65,536; or `--lengths FILE`, read by `_lengths.load_lengths`):
+
+- `plan_packs` bfd and next_fit: our planner alone (sample indices per pack), as `benchmark/planner.py` times it.
+- our `pack_dataset`: that plan plus the packed Arrow rows, the step that is like-for-like with TRL's.
+- TRL `pack_dataset`, as `SFTTrainer` calls it: strategy "bfd", `map_kwargs` `num_proc` (`dataset_num_proc`'s
+  default, None) and `desc`, so `Dataset.map` hands `_pack_bfd` blocks of its default 1,000 rows and each block is
+  packed on its own.
+- TRL BFD over the whole set: the same public call with `batch_size=None`, which `Dataset.map` reads as one batch of
+  every row (`--skip-trl-whole` leaves it out).
+
+The data set holds no real tokens. Its `input_ids` are an Arrow list column whose offsets give each row its length,
+over one shared buffer of int32 zeros that numpy gets from calloc, so untouched pages cost no memory. TRL plans from
+`pc.list_value_length` of the first column, and only copies token values (filter, `list_slice`, `take`, then
+`Dataset.map` writes its output): it never reads a token to decide a pack, so it plans exactly as on real tokens and
+pays the same copies. SFTTrainer packs `input_ids` and `labels`; TRL gets `input_ids` alone here, because the
+whole-set row keeps about three copies of every packed column alive: with one int32 column of the default's 1.13
+billion tokens the run peaks at about 14.5 GiB resident, and a second column would need about twice that.
+`--labels` adds the `labels` column to TRL's input, as SFTTrainer does (with `--skip-trl-whole` or a smaller `--n`
+on a 24 GiB machine). Our `pack_dataset` needs `labels` and always copies both columns, so the like-for-like rows
+favour TRL by default. The data set lives in memory, so `Dataset.map` writes no cache file and recomputes on every
+repeat; SFTTrainer, on a data set loaded from disk, would also write its packed rows to a cache file.
+`--no-token-bytes` builds the token columns of Arrow nulls instead (no bytes to copy), which leaves each method's
+planning and row bookkeeping: where its time goes when copies are taken out.
+
+Fill is tokens / (packs x max_length). Every row is checked to have packed each sample exactly once: plan indices are
+0..n-1 once each; for packed rows, the `seq_lengths` are the input lengths (as a multiset, the tokens being all zero),
+each row's `seq_lengths` add up to its token count, and the tokens add up to the input's.
+
+Run from the repository root (after `pip install -e .`):
+
+    python benchmark/planner_vs_trl.py                      # 840,000 lengths, best of 3
+    python benchmark/planner_vs_trl.py --no-token-bytes     # the same without token copies
+    python benchmark/planner_vs_trl.py --lengths lengths.npy
+    python benchmark/planner_vs_trl.py --quick              # 5,000 lengths: a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import trl
+from _lengths import load_lengths, long_tailed_lengths, print_header, print_table
+from datasets.fingerprint import Hasher
+
+from longalign_hf import pack_dataset, pack_stats, plan_packs
+
+
+def token_dataset(lengths: np.ndarray, token_bytes: bool = True) -> datasets.Dataset:
+    """A tokenized data set (`input_ids`, `labels`, `length`) whose rows have `lengths` tokens, all zero.
+
+    `input_ids` and `labels` are one list array over one calloc'd zero buffer: building it touches no token memory.
+    `token_bytes=False` makes the tokens Arrow nulls, which have no bytes for a filter or take to copy.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    list_type = pa.ListArray if offsets[-1] < 2**31 else pa.LargeListArray  # int32 offsets while they fit
+    offsets = offsets.astype(np.int32 if list_type is pa.ListArray else np.int64)
+    values = pa.array(np.zeros(int(offsets[-1]), dtype=np.int32)) if token_bytes else pa.nulls(int(offsets[-1]))
+    tokens = list_type.from_arrays(offsets, values)
+    table = pa.table({"input_ids": tokens, "labels": tokens, "length": pa.array(lengths)})
+    # Given, not computed: `datasets` would otherwise hash every token, which takes longer than packing them.
+    return datasets.Dataset(table, fingerprint=Hasher.hash(("planner_vs_trl", lengths)))
+
+
+def trl_pack(
+    dataset: datasets.Dataset, max_length: int, whole: bool = False, columns: tuple[str, ...] = ("input_ids",)
+) -> datasets.Dataset:
+    """TRL's public `pack_dataset` with strategy "bfd", called as `SFTTrainer._prepare_dataset` calls it.
+
+    `whole=True` packs every row in one batch (`batch_size=None`) instead of `Dataset.map`'s blocks of 1,000 rows.
+    """
+    map_kwargs = {"num_proc": None, "desc": "Packing train dataset"}  # SFTTrainer's, at dataset_num_proc's default
+    if whole:
+        map_kwargs["batch_size"] = None
+    return trl.pack_dataset(dataset.select_columns(list(columns)), max_length, "bfd", map_kwargs)
+
+
+def check_plan(plan: list[list[int]], lengths: np.ndarray, max_length: int) -> dict:
+    """Packs, samples and tokens of a plan, after checking every index is in exactly one pack."""
+    members = np.fromiter(itertools.chain.from_iterable(plan), dtype=np.int64)
+    if not np.array_equal(np.sort(members), np.arange(len(lengths))):
+        raise AssertionError("the plan does not hold every sample exactly once")
+    stats = pack_stats(plan, lengths, max_length)
+    return {"packs": stats["num_packs"], "samples": stats["num_samples"], "tokens": stats["tokens"]}
+
+
+def check_packed(packed: datasets.Dataset, lengths: np.ndarray, max_length: int) -> dict:
+    """Packs, samples and tokens of packed rows, after checking they hold every sample once and nothing else."""
+    table = packed.with_format("arrow")[:]
+    row_tokens = pc.list_value_length(table.column("input_ids").combine_chunks()).to_numpy()
+    seq_lengths = table.column("seq_lengths").combine_chunks()
+    samples = seq_lengths.flatten().to_numpy()
+    per_row = np.add.reduceat(samples, seq_lengths.offsets.to_numpy()[:-1]) if len(seq_lengths) else samples
+    if not np.array_equal(per_row, row_tokens) or row_tokens.max(initial=0) > max_length:
+        raise AssertionError("a packed row's seq_lengths do not add up to its tokens, or it exceeds max_length")
+    if not np.array_equal(np.sort(samples), np.sort(lengths)):
+        raise AssertionError("the packed rows do not hold every input sample exactly once")
+    return {"packs": len(table), "samples": len(samples), "tokens": int(row_tokens.sum())}
+
+
+def _best_of(repeats: int, pack: Callable[..., object], *args: object) -> tuple[float, object]:
+    """Best wall time of `repeats` calls of `pack(*args)`, and the last call's result."""
+    seconds, result = math.inf, None
+    for _ in range(repeats):
+        result = None  # free the previous output before packing again
+        start = time.perf_counter()
+        result = pack(*args)
+        seconds = min(seconds, time.perf_counter() - start)
+    return seconds, result
+
+
+def run(
+    lengths: np.ndarray,
+    max_length: int = 65536,
+    repeats: int = 3,
+    trl_whole: bool = True,
+    labels: bool = False,
+    token_bytes: bool = True,
+) -> list[dict]:
+    """Time every method on `lengths`; one dict per method, in table order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    as_list = lengths.tolist()  # a `datasets` column, as `benchmark/planner.py` passes it
+    dataset = token_dataset(lengths, token_bytes)
+    trl_columns = ("input_ids", "labels") if labels else ("input_ids",)
+    methods = [
+        ("plan_packs bfd", "", lambda data, ls: plan_packs(ls, max_length, "bfd"), check_plan),
+        ("plan_packs next_fit", "", lambda data, ls: plan_packs(ls, max_length, "next_fit"), check_plan),
+        ("our pack_dataset (bfd plan + rows)", "input_ids, labels", lambda data, ls: pack_dataset(data, max_length),
+         check_packed),
+        ("TRL pack_dataset, as SFTTrainer (bfd per 1,000 rows)", ", ".join(trl_columns),
+         lambda data, ls: trl_pack(data, max_length, columns=trl_columns), check_packed),
+    ]  # fmt: skip
+    if trl_whole:
+        methods.append(
+            ("TRL bfd over the whole set", ", ".join(trl_columns),
+             lambda data, ls: trl_pack(data, max_length, whole=True, columns=trl_columns), check_packed)
+        )  # fmt: skip
+    # A first call pays one-off imports and set-up (about 6 s for TRL's first `Dataset.map`): keep it out of the times.
+    for _, _, pack, _ in methods:
+        pack(token_dataset(lengths[:8], token_bytes), as_list[:8])
+    rows = []
+    for name, columns, pack, check in methods:
+        seconds, result = _best_of(repeats, pack, dataset, as_list)
+        counts = check(result, lengths, max_length)
+        del result
+        rows.append({"method": name, "columns": columns, "seconds": seconds, **counts})
+        rows[-1]["fill"] = counts["tokens"] / (counts["packs"] * max_length)
+    for row in rows:
+        row["vs_ours"] = row["seconds"] / rows[0]["seconds"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="5,000 generated lengths (smoke test).")
+    parser.add_argument("--n", type=int, help="How many lengths to generate (default 840,000); not with --lengths.")
+    parser.add_argument("--lengths", help="Token counts to pack instead: .npy, one per line, or a tokenized data set.")
+    parser.add_argument("--max-length", type=int, default=65536, help="Pack capacity in tokens.")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per method; the best is reported.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the generated length mix.")
+    parser.add_argument("--skip-trl-whole", action="store_true", help="Leave out TRL's BFD over the whole set.")
+    parser.add_argument(
+        "--labels", action="store_true", help="TRL packs a labels column too, as SFTTrainer does (~2x its memory)."
+    )
+    parser.add_argument(
+        "--no-token-bytes", action="store_true", help="Tokens as Arrow nulls: time planning without token copies."
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or (args.n is not None and args.n < 1):
+        parser.error("--repeats and --n must be positive")
+    if args.lengths is not None and (args.n is not None or args.quick):
+        parser.error("--n and --quick size the generated lengths; --lengths packs the file's lengths as they are")
+    if args.lengths is not None:
+        lengths = load_lengths(args.lengths)
+        source = f"{len(lengths):,} lengths from {args.lengths}"
+        bad = int(np.count_nonzero((lengths < 1) | (lengths > args.max_length)))
+        if bad:
+            parser.error(
+                f"{bad:,} of the lengths in {args.lengths} are not in 1..{args.max_length}: both planners need "
+                "samples that fit (TRL would truncate them); drop or truncate them first, or raise --max-length"
+            )
+    else:
+        n = 5_000 if args.quick else args.n or 840_000
+        lengths = long_tailed_lengths(n - n // 100, n // 100, args.seed, args.max_length)
+        source = f"{n:,} lengths from long_tailed_lengths({n - n // 100}, {n // 100}, seed={args.seed})"
+
+    print_header("benchmark/planner_vs_trl.py", argv)
+    print(
+        f"# {source}: {int(lengths.sum()):,} tokens, max_length {args.max_length:,}; trl {trl.__version__}, "
+        f"datasets {datasets.__version__}, pyarrow {pa.__version__}; "
+        f"{'null tokens (no bytes)' if args.no_token_bytes else 'int32 tokens'}; seconds: best of {args.repeats}"
+    )
+    rows = run(
+        lengths,
+        args.max_length,
+        args.repeats,
+        trl_whole=not args.skip_trl_whole,
+        labels=args.labels,
+        token_bytes=not args.no_token_bytes,
+    )
+    print_table(
+        ["method", "token columns copied", "seconds", "time / plan_packs bfd", "packs", "fill"],
+        [
+            [
+                row["method"],
+                row["columns"],
+                f"{row['seconds']:.3g}",
+                f"{row['vs_ours']:.3g}x",
+                f"{row['packs']:,}",
+                f"{row['fill']:.5f}",
+            ]
+            for row in rows
+        ],
+    )
+    print(f"Every method packed each of the {len(lengths):,} samples exactly once ({int(lengths.sum()):,} tokens).")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
