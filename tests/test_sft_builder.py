@@ -326,5 +326,6 @@ def test_a_bad_parquet_source_is_one_message_without_the_librarys_own_error_line
     (tmp_path / "short.parquet").write_text("not parquet", encoding="utf-8")
     with caplog.at_level(logging.DEBUG), pytest.raises(UserInputError, match=r"short.parquet: could not be read"):
         build_sft_dataset(long, str(tmp_path / "short.parquet"), tmp_path / "mix", tokenizer=tokenizer)
-    assert not [record for record in caplog.records if record.name.startswith("datasets")]
+    # The library's own error lines (its INFO lines depend on the verbosity earlier code set, and are not the point).
+    assert not [r for r in caplog.records if r.name.startswith("datasets") and r.levelno >= logging.WARNING]
     assert logging.getLogger("datasets").level != logging.CRITICAL + 1  # restored
