@@ -122,7 +122,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     def longest_row(left: float) -> list[list[str]]:
         return [[PYTHON, "benchmark/longest_row.py", *cpu, "--time-budget", f"{left - 15:.0f}"]]
 
-    loss = ["--tokens", "256", "--vocab", "8192"] if dry else ["--device", "cuda", "--tokens", "8192,32768"]
+    loss = ["--quick"] if dry else ["--device", "cuda", "--tokens", "8192,32768"]
     return [
         Step("setup", 40, lambda left: ([install] if wheels else []) + [environment]),
         Step("tests", 110, lambda left: [tests]),

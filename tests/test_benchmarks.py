@@ -5,14 +5,6 @@ import pytest
 import torch
 
 
-def test_loss_memory_quick(benchmark, capsys):
-    results = benchmark("loss_memory").main(["--quick"])
-    out = capsys.readouterr().out
-    assert "| tokens | ours (chunked) | full logits | ours / full | target | status |" in out
-    assert [row["tokens"] for row in results] == [256, 1024]
-    assert all(row["chunked"] > 0 and row["full_measured"] for row in results)
-
-
 def test_data_pipeline_quick(benchmark, capsys):
     benchmark("data_pipeline").main(["--quick"])
     out = capsys.readouterr().out

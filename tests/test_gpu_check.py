@@ -163,7 +163,7 @@ def test_without_cuda_the_check_stops_after_setup(benchmark, tmp_path):
 
 
 def test_dry_run_runs_every_step_on_the_cpu(benchmark, tmp_path):
-    # Also the smoke test of the CPU modes of throughput_gpu.py and longest_row.py, which its steps run.
+    # Also the smoke test of the CPU modes of throughput_gpu.py, longest_row.py and loss_memory.py, which it runs.
     check = benchmark("gpu_check")
     out = tmp_path / "out"
     assert check.main(["--dry-run", "--out", str(out)]) == 0
@@ -177,6 +177,8 @@ def test_dry_run_runs_every_step_on_the_cpu(benchmark, tmp_path):
     assert (
         "| row tokens | result | step seconds | peak GiB |" in text and "Longest row that trained: 256 tokens" in text
     )
-    assert "| 256 | " in text  # the loss-memory table
+    # The loss-memory table (`loss_memory.py --quick`): both sizes, full logits measured, not extrapolated.
+    assert "| tokens | ours (chunked) | full logits | ours / full | target | status |" in text
+    assert "| 256 | " in text and "| 1,024 | " in text and "~" not in text.split("| 1,024 | ")[1].split("\n")[0]
     files = sorted(path.name for path in out.iterdir())
     assert len(files) <= 8 and all(FILE_NAME.match(name) for name in files) and "tests.xml" in files
