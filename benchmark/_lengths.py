@@ -61,7 +61,7 @@ def load_lengths(source: str | os.PathLike, split: str = "train") -> np.ndarray:
     """Token counts from a `.npy` file, a text file with one integer per line, or a tokenized data set.
 
     A tokenized data set is a `.parquet` / `.jsonl` / `.json` file, a folder (written by `save_to_disk`, or of data
-    files) or a Hub id, loaded like the recipe loads data (`longalign_hf.sft_data.load_chat_dataset`, split `split`).
+    files) or a Hub id, loaded like the recipe loads data (`longalign_hf.data.sft_data.load_chat_dataset`, split `split`).
     Its `length` column is used when it has one, else the length of every `input_ids` list.
     """
     path = Path(source)
@@ -69,7 +69,7 @@ def load_lengths(source: str | os.PathLike, split: str = "train") -> np.ndarray:
         return np.load(path).astype(np.int64)
     if path.is_file() and path.suffix.lower() not in DATASET_FILE_TYPES:
         return np.loadtxt(path, dtype=np.int64, ndmin=1)
-    from longalign_hf.sft_data import load_chat_dataset
+    from longalign_hf.data.sft_data import load_chat_dataset
 
     dataset = load_chat_dataset(str(source), split=split)
     if "length" in dataset.column_names:
@@ -79,7 +79,7 @@ def load_lengths(source: str | os.PathLike, split: str = "train") -> np.ndarray:
         return pc.list_value_length(column).to_numpy().astype(np.int64)
     raise ValueError(
         f"{source} has no `length` or `input_ids` column (it has {', '.join(dataset.column_names)}): tokenize it "
-        "first (`longalign_hf.sft_data.prepare_sft_dataset(dataset, tokenizer, max_length)`, then `save_to_disk`), "
+        "first (`longalign_hf.data.sft_data.prepare_sft_dataset(dataset, tokenizer, max_length)`, then `save_to_disk`), "
         "or pass token counts as a .npy or a text file with one per line"
     )
 

@@ -24,8 +24,8 @@ import torch
 from _lengths import long_tailed_lengths, print_header, print_table
 
 from longalign_hf import LongAlignDataCollator, pack_dataset, pack_stats, plan_packs
-from longalign_hf.loss import weighted_nll_sum
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+from longalign_hf.training.loss import weighted_nll_sum
 
 COLLATION_TARGET = 0.02
 

@@ -93,7 +93,7 @@ def gpu_test_files() -> list[str]:
     """The test files that hold `gpu`-marked tests (collecting only those needs none of the CPU tests' packages)."""
     return [
         str(path.relative_to(REPO))
-        for path in sorted((REPO / "tests").glob("test_*.py"))
+        for path in sorted((REPO / "tests").rglob("test_*.py"))
         if "pytest.mark.gpu" in path.read_text(encoding="utf-8")
     ]
 
@@ -348,7 +348,7 @@ def print_environment(site: str) -> None:
             print(f"flash-attn: installed but cannot be imported: {type(error).__name__}: {error}")
     print(f"torch varlen_attn: {'yes' if importlib.util.find_spec('torch.nn.attention.varlen') else 'no'}")
     try:
-        from longalign_hf.attention import choose_attention
+        from longalign_hf.training.attention import choose_attention
 
         print("attention: {} ({})".format(*choose_attention()))
     except Exception as error:  # noqa: BLE001

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from loopback_server import LoopbackServer, Reply  # noqa: E402
 
-from longalign_hf.judge import JudgeClient  # noqa: E402
-from longalign_hf.longbench_chat import score_predictions  # noqa: E402
+from longalign_hf.evaluation.longbench_chat.scoring import score_predictions  # noqa: E402
+from longalign_hf.llm_client import JudgeClient  # noqa: E402
 
 # A synthetic judge template with the published slot layout (question, reference, 3 x (answer, score), answer).
 _TEMPLATE = "Q: {}\nReference: {}\n" + "Example: {}\nRating: [[{}]]\n" * 3 + "Answer: {}\nRating: "

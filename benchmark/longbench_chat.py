@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from longalign_hf.evaluation import run_folder
-from longalign_hf.evaluation.longbench_chat import (
+from longalign_hf.evaluation.longbench_chat.runner import (
     add_arguments,
     default_output_dir,
     format_summary,

@@ -43,8 +43,8 @@ from _lengths import print_header, print_table  # noqa: E402
 from transformers import AutoModelForCausalLM, LlamaConfig, PrinterCallback  # noqa: E402
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer  # noqa: E402
-from longalign_hf.attention import choose_attention  # noqa: E402
 from longalign_hf.tiny import build_byte_tokenizer, tiny_config  # noqa: E402
+from longalign_hf.training.attention import choose_attention  # noqa: E402
 
 LORA_RANK = 16
 

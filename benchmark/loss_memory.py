@@ -44,7 +44,7 @@ def _measure(path: str, tokens: int, vocab: int, hidden: int, device: str = "cpu
     """Peak memory (bytes) of one loss forward + backward, above the memory of its inputs."""
     import torch
 
-    from longalign_hf.loss import weighted_nll_sum
+    from longalign_hf.training.loss import weighted_nll_sum
 
     cuda = device == "cuda"
     torch.set_num_threads(2)

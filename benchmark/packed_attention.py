@@ -21,7 +21,7 @@ import torch
 from _lengths import print_header, print_table
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from longalign_hf.packed_attention import packed_sdpa_attention_forward
+from longalign_hf.training.packed_attention import packed_sdpa_attention_forward
 
 
 def block_diagonal_causal_mask(sizes: list[int]) -> torch.Tensor:

@@ -19,7 +19,7 @@ import time
 
 from _lengths import long_tailed_lengths, print_header, print_table
 
-from longalign_hf.packing import PACKING_STRATEGIES, pack_stats, plan_packs
+from longalign_hf.training.packing import PACKING_STRATEGIES, pack_stats, plan_packs
 
 
 def run(sizes: list[int], max_length: int = 65536, repeats: int = 3, seed: int = 0) -> list[dict]:

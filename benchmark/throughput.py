@@ -25,7 +25,7 @@ import tempfile
 import numpy as np
 from _lengths import print_header, print_table
 
-from longalign_hf.distributed import run_then_exit, run_with_deadline
+from longalign_hf.training.distributed import run_then_exit, run_with_deadline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {

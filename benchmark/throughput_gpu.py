@@ -46,8 +46,8 @@ from _lengths import long_tailed_lengths, print_header, print_table
 from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig, PrinterCallback
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
-from longalign_hf.attention import flash_attn_available
 from longalign_hf.tiny import build_byte_tokenizer, tiny_config
+from longalign_hf.training.attention import flash_attn_available
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor data sheets, matched in order against the device name.
 PEAK_BF16_TFLOPS = (

@@ -12,18 +12,18 @@ __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _PUBLIC = {
-    "JudgeClient": "longalign_hf.judge",
-    "PACKED_SDPA": "longalign_hf.packed_attention",
-    "VARLEN_PACKED": "longalign_hf.varlen_attention",
-    "LongAlignConfig": "longalign_hf.config",
-    "LongAlignDataCollator": "longalign_hf.collator",
-    "LongAlignSFTTrainer": "longalign_hf.trainer",
+    "JudgeClient": "longalign_hf.llm_client",
+    "PACKED_SDPA": "longalign_hf.training.packed_attention",
+    "VARLEN_PACKED": "longalign_hf.training.varlen_attention",
+    "LongAlignConfig": "longalign_hf.training.config",
+    "LongAlignDataCollator": "longalign_hf.training.collator",
+    "LongAlignSFTTrainer": "longalign_hf.training.trainer",
     "LongBenchChatBuilder": "longalign_hf.data.longbench_chat_builder",
-    "SortedBatchSampler": "longalign_hf.sampler",
-    "pack_dataset": "longalign_hf.packed_dataset",
-    "pack_stats": "longalign_hf.packing",
-    "plan_packs": "longalign_hf.packing",
-    "split_packs": "longalign_hf.packing",
+    "SortedBatchSampler": "longalign_hf.training.sampler",
+    "pack_dataset": "longalign_hf.training.packed_dataset",
+    "pack_stats": "longalign_hf.training.packing",
+    "plan_packs": "longalign_hf.training.packing",
+    "split_packs": "longalign_hf.training.packing",
 }
 _SUBPACKAGES = ("data", "evaluation", "metrics")
 
@@ -43,16 +43,16 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .collator import LongAlignDataCollator
-    from .config import LongAlignConfig
-    from .data.longbench_chat_builder import LongBenchChatBuilder
-    from .judge import JudgeClient
-    from .packed_attention import PACKED_SDPA
-    from .packed_dataset import pack_dataset
-    from .packing import pack_stats, plan_packs, split_packs
-    from .sampler import SortedBatchSampler
-    from .trainer import LongAlignSFTTrainer
-    from .varlen_attention import VARLEN_PACKED
+    from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
+    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.training.collator import LongAlignDataCollator
+    from longalign_hf.training.config import LongAlignConfig
+    from longalign_hf.training.packed_attention import PACKED_SDPA
+    from longalign_hf.training.packed_dataset import pack_dataset
+    from longalign_hf.training.packing import pack_stats, plan_packs, split_packs
+    from longalign_hf.training.sampler import SortedBatchSampler
+    from longalign_hf.training.trainer import LongAlignSFTTrainer
+    from longalign_hf.training.varlen_attention import VARLEN_PACKED
 
 
 def __getattr__(name: str) -> Any:

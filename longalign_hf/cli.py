@@ -17,8 +17,8 @@ from longalign_hf.errors import UserInputError
 # Each module registers its subcommands with `add_parser(subparsers)`: (group, module) pairs.
 _COMMAND_MODULES: list[tuple[str, str]] = [
     ("data", "longalign_hf.data.longbench_chat"),
-    ("eval", "longalign_hf.evaluation.longbench_chat"),
-    ("eval", "longalign_hf.evaluation.needle"),
+    ("eval", "longalign_hf.evaluation.longbench_chat.runner"),
+    ("eval", "longalign_hf.evaluation.needle.runner"),
     ("data", "longalign_hf.data.self_instruct"),
     ("data", "longalign_hf.data.sft"),
 ]

@@ -27,12 +27,12 @@ from trl import (
 )
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
-from longalign_hf.attention import choose_attention
-from longalign_hf.distributed import end_training, run_then_exit
+from longalign_hf.data.sft_data import check_conversations, load_chat_dataset, mix_datasets
+from longalign_hf.data.synthetic import long_tailed_chat_data
 from longalign_hf.errors import UserInputError
-from longalign_hf.sft_data import check_conversations, load_chat_dataset, mix_datasets
-from longalign_hf.synthetic import long_tailed_chat_data
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+from longalign_hf.training.attention import choose_attention
+from longalign_hf.training.distributed import end_training, run_then_exit
 
 logger = logging.getLogger("longalign.sft")
 

@@ -10,8 +10,8 @@ import datasets
 import torch
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
-from longalign_hf.distributed import end_training, run_then_exit
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+from longalign_hf.training.distributed import end_training, run_then_exit
 
 
 def main(ending: str, output_dir: str):

@@ -18,10 +18,10 @@ import torch
 from transformers import TrainerCallback
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer, pack_dataset
-from longalign_hf.collator import BOOKKEEPING_KEYS
-from longalign_hf.distributed import run_then_exit
-from longalign_hf.sft_data import prepare_sft_dataset
+from longalign_hf.data.sft_data import prepare_sft_dataset
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+from longalign_hf.training.collator import BOOKKEEPING_KEYS
+from longalign_hf.training.distributed import run_then_exit
 
 NUM_SAMPLES = 12  # 11 with targets + 1 without
 NUM_PACKS = 6

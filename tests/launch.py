@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from longalign_hf.distributed import run_with_deadline
+from longalign_hf.training.distributed import run_with_deadline
 
 
 def free_port() -> int:

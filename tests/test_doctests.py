@@ -28,7 +28,8 @@ def test_the_examples_are_found():
         name: doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS).attempted
         for name in MODULES
     }
-    expected = ["chat", "collator", "packed_dataset", "packing", "sampler", "errors", "longbench_chat"]
-    expected += ["data.self_instruct", "data.sft", "evaluation.needle", "evaluation.generation"]
+    expected = ["training.collator", "training.packed_dataset", "training.packing", "training.sampler", "errors"]
+    expected += ["data.chat", "data.self_instruct", "data.sft", "evaluation.longbench_chat.scoring"]
+    expected += ["evaluation.needle.runner", "evaluation.generation"]
     for name in expected:
         assert attempted[f"longalign_hf.{name}"] > 0, name

@@ -159,7 +159,7 @@ def test_a_mixture_is_shuffled_with_the_run_seed(recipe, tmp_path):
         script_args, _, _, mixture = recipe.parse_args(["--config", str(config), "--seed", str(seed)])
         return [row["messages"][0]["content"] for row in recipe.load_data(script_args, mixture, False, seed, True)]
 
-    from longalign_hf.sft_data import load_chat_dataset, mix_datasets
+    from longalign_hf.data.sft_data import load_chat_dataset, mix_datasets
 
     expected = mix_datasets([load_chat_dataset(path) for path in files], seed=7)
     assert order(7) == [row["messages"][0]["content"] for row in expected]

@@ -10,7 +10,7 @@ one of the four task types of the paper (`TASK_TYPES`) is drawn at random, the L
 task's prompt after the document, one of the questions is drawn at random, and the same LLM answers it with the
 document in context. The draws are seeded per document (`seed` and the document id), so a rerun asks the same
 things. Documents are Chinese when CJK characters make up at least a quarter of their CJK and Latin letters
-(`longalign_hf.longbench_chat.detect_language`; a Chinese character carries about as much as a few Latin letters);
+(`longalign_hf.evaluation.longbench_chat.scoring.detect_language`; a Chinese character carries about as much as a few Latin letters);
 they get the Chinese translations of the prompts.
 
 The output is append-only JSONL, one record per line:
@@ -49,7 +49,7 @@ from longalign_hf.evaluation import run_folder
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from longalign_hf.judge import JudgeClient, JudgeResult
+    from longalign_hf.llm_client import JudgeClient, JudgeResult
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def load_documents(
             "in a folder (one text file each) and pass the folder, or pass a .jsonl/.json/.parquet file with a text "
             "column"
         )
-    from longalign_hf.sft_data import load_chat_dataset
+    from longalign_hf.data.sft_data import load_chat_dataset
 
     with run_folder.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
         dataset = load_chat_dataset(source, name=name, split=split)
@@ -314,7 +314,7 @@ class _Generator:
             self.out.close()
 
     def _add_usage(self, results: list[JudgeResult]) -> None:
-        from longalign_hf.judge import total_usage
+        from longalign_hf.llm_client import total_usage
 
         usage = total_usage(results)
         for key in self.report.usage:
@@ -426,8 +426,8 @@ def generate_long_data(
     """
     from tqdm.auto import tqdm
 
-    from longalign_hf.judge import JudgeClient
-    from longalign_hf.longbench_chat import detect_language
+    from longalign_hf.evaluation.longbench_chat.scoring import detect_language
+    from longalign_hf.llm_client import JudgeClient
 
     if min_tokens > max_tokens:
         raise UserInputError(f"--min-tokens ({min_tokens}) is above --max-tokens ({max_tokens}); swap or fix them")

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longalign_hf.chat import VALID_ROLES
+from longalign_hf.data.chat import VALID_ROLES
 from longalign_hf.data.hub import check_out_folder, push_hub_folder, staged_folder
 from longalign_hf.errors import UserInputError, iter_jsonl
 from longalign_hf.evaluation import run_folder
@@ -227,7 +227,7 @@ def _clean_row(row: dict[str, Any], index: int, column: str, source: str, bad_ro
 
 def _load_part(path: str) -> datasets.Dataset:
     """One input set, by `load_chat_dataset`; the `datasets` library's own error lines are kept out of its message."""
-    from longalign_hf.sft_data import load_chat_dataset
+    from longalign_hf.data.sft_data import load_chat_dataset
 
     with run_folder.quiet_datasets_log():
         return load_chat_dataset(path)
@@ -467,7 +467,7 @@ def build_sft_dataset(
     from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCardData
 
-    from longalign_hf.sft_data import BAD_ROW_POLICIES, mix_datasets
+    from longalign_hf.data.sft_data import BAD_ROW_POLICIES, mix_datasets
 
     if short_ratio is not None and not 0 < short_ratio < 1:
         raise UserInputError(

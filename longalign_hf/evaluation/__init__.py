@@ -7,8 +7,8 @@ from longalign_hf.evaluation.generation import (
     request_chat_answers,
     truncate_prompts,
 )
-from longalign_hf.evaluation.heatmap import plot_heatmap
-from longalign_hf.evaluation.needle import build_needle_prompt, match_fraction, run_needle
+from longalign_hf.evaluation.needle.heatmap import plot_heatmap
+from longalign_hf.evaluation.needle.runner import build_needle_prompt, match_fraction, run_needle
 
 __all__ = [
     "build_needle_prompt",

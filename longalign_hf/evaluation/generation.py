@@ -23,7 +23,7 @@ from longalign_hf.evaluation.run_folder import DTYPES, looks_like_a_path, one_li
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from longalign_hf.judge import JudgeClient
+    from longalign_hf.llm_client import JudgeClient
 
 logger = logging.getLogger(__name__)
 
@@ -172,9 +172,9 @@ def check_model_options(dtype: object, attn_implementation: str | None) -> None:
     import torch
     from transformers import AttentionInterface
 
-    import longalign_hf.packed_attention  # noqa: F401  (registers sdpa_packed)
-    import longalign_hf.varlen_attention  # noqa: F401  (registers varlen_packed)
-    from longalign_hf.attention import hub_kernel_repo
+    import longalign_hf.training.packed_attention  # noqa: F401  (registers sdpa_packed)
+    import longalign_hf.training.varlen_attention  # noqa: F401  (registers varlen_packed)
+    from longalign_hf.training.attention import hub_kernel_repo
 
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point) and dtype not in DTYPES:
         raise UserInputError(f"--dtype {dtype!r} is not a model dtype: choose one of {', '.join(DTYPES)}")

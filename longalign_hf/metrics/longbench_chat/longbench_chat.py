@@ -8,8 +8,8 @@ from typing import Any
 import datasets
 import evaluate
 
-from longalign_hf.judge import JudgeClient
-from longalign_hf.longbench_chat import CITATION, score_predictions
+from longalign_hf.evaluation.longbench_chat.scoring import CITATION, score_predictions
+from longalign_hf.llm_client import JudgeClient
 
 _CITATION = CITATION
 
@@ -32,7 +32,7 @@ Args:
         column `few_shots`).
     judge_template (`str`): the benchmark's judge prompt template, `prompt_fs.txt` (dataset column
         `judge_template`, the same in every row).
-    judge (`dict` or `JudgeClient`): the judge, or the keyword arguments of `longalign_hf.judge.JudgeClient`,
+    judge (`dict` or `JudgeClient`): the judge, or the keyword arguments of `longalign_hf.llm_client.JudgeClient`,
         e.g. `{"model": "gpt-4o-2024-05-13", "cache_dir": "judge_cache"}` or
         `{"model": "Qwen/Qwen2.5-72B-Instruct", "base_url": "http://localhost:8000/v1"}`. The API key comes from
         `OPENAI_API_KEY` or the `api_key` entry.

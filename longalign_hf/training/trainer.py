@@ -1,0 +1,451 @@
+"""`LongAlignSFTTrainer`: TRL's `SFTTrainer` with LongAlign batching and exact loss weighting on any number of devices."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+
+import datasets
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+from trl import SFTTrainer
+
+from longalign_hf.data.sft_data import prepare_sft_dataset
+from longalign_hf.training.attention import PACKING_HUB_KERNELS, hub_kernel_repo, varlen_unavailable
+from longalign_hf.training.collator import (
+    BOOKKEEPING_KEYS,
+    LOSS_NUM_TARGETS,
+    LOSS_SAMPLE_FEATURES,
+    LOSS_SAMPLE_IDS,
+    LongAlignDataCollator,
+)
+from longalign_hf.training.config import LongAlignConfig
+from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
+from longalign_hf.training.packed_attention import PACKED_SDPA
+from longalign_hf.training.packed_dataset import column_array, pack_dataset
+from longalign_hf.training.packing import balanced_pack_order, sample_cost, step_efficiency
+from longalign_hf.training.sampler import SortedBatchSampler
+from longalign_hf.training.varlen_attention import VARLEN_PACKED
+
+logger = logging.getLogger(__name__)
+
+# Attention backends that keep packed samples apart: eager/sdpa through the block-diagonal mask that transformers
+# derives from restarting position ids; sdpa_packed, varlen_packed, FlashAttention and its Hub kernels (any revision)
+# through `cu_seq_lens`.
+ISOLATING_ATTENTION = (
+    "eager", "sdpa", PACKED_SDPA, VARLEN_PACKED, "flash_attention_2", "flash_attention_3", *PACKING_HUB_KERNELS,
+)  # fmt: skip
+
+
+class LongAlignSFTTrainer(SFTTrainer):
+    r"""
+    [`trl.SFTTrainer`] with LongAlign batching (naive, sorted, packed) and loss weighting, exact on any number of
+    devices and gradient-accumulation steps.
+
+    For one optimizer step over the global batch (every process, every accumulation micro-step) of M samples, sample i
+    having N_i target tokens and summed token loss L_i, the applied gradient is that of `(1/M) * sum_i L_i / N_i`
+    (`loss_weighting="sequence"`) or `sum_i L_i / sum_i N_i` (`"token"`). M and N are counted on the fly from the
+    collator's bookkeeping, gathered across processes before the first micro-step; samples without a target token
+    count in neither. The loss comes from TRL's chunked log-probabilities (the fused LM head), so the
+    `[tokens, vocab]` logits are never materialized.
+
+    `train_dataset` can hold `messages` conversations (tokenized here, assistant tokens only as targets) or already
+    tokenized `input_ids` + `labels`. With `batching="pack"` it is packed once, up front.
+
+    Example:
+        ```python
+        from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+
+        args = LongAlignConfig(output_dir="out", max_length=65536, batching="pack", loss_weighting="sequence")
+        trainer = LongAlignSFTTrainer(model="Qwen/Qwen2.5-7B-Instruct", args=args, train_dataset=dataset)
+        trainer.train()
+        ```
+    """
+
+    # `compute_loss` already divides by the global sample / token count of the optimizer step.
+    loss_is_scaled_for_ga = True
+    _tag_names = ["trl", "sft", "longalign"]
+
+    def __init__(self, model, args: LongAlignConfig | None = None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, **kwargs):  # fmt: skip
+        name = model if isinstance(model, str) else model.config._name_or_path
+        if args is None:
+            args = LongAlignConfig(f"{name.split('/')[-1]}-LongAlign")
+        if not isinstance(args, LongAlignConfig):
+            raise TypeError(f"LongAlignSFTTrainer needs a LongAlignConfig, got {type(args).__name__}")
+        if data_collator is not None:
+            raise ValueError(
+                "LongAlignSFTTrainer builds its own LongAlignDataCollator (loss weighting needs its per-sample "
+                "bookkeeping); do not pass `data_collator`."
+            )
+        _refuse_unsupported_arguments(kwargs)
+        self._check_parallelism(getattr(args, "parallelism_config", None))
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
+        model = self._apply_template_settings(model, processing_class, args)
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        # The caller's config stays as given: TRL must skip its own data preparation, but only in our copy.
+        args = copy.copy(args)
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        args.assistant_only_loss = False  # TRL's switch for its own preparation; ours always trains assistant tokens
+        collator = LongAlignDataCollator(
+            pad_token_id=processing_class.convert_tokens_to_ids(args.pad_token or processing_class.pad_token),
+            padding_free=args.batching == "pack",
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
+        with args.main_process_first(desc="LongAlign data preparation"):
+            # The main process tokenizes first and writes the `datasets` cache; the others then read it.
+            train_dataset = self._tokenize(train_dataset, processing_class, args, "train")
+            eval_dataset = self._tokenize_eval(eval_dataset, processing_class, args)
+        super().__init__(
+            model, args=args, data_collator=collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, **kwargs,
+        )  # fmt: skip
+        # A parallelism config from the accelerate launcher (YAML or environment) never reaches `args`.
+        self._check_parallelism(self.accelerator.parallelism_config)
+        self._check_attention_isolation()
+        if self.model.get_output_embeddings() is None:
+            raise ValueError(
+                f"{type(self.model).__name__} has no LM head, so the loss has no token log-probabilities to weight. "
+                "Load the model with `AutoModelForCausalLM` (not `AutoModel`)."
+            )
+        with args.main_process_first(desc="LongAlign packing"):
+            if args.batching == "pack":
+                # Train packs divide evenly over the devices: accelerate would otherwise repeat packs in the last
+                # round (evaluation drops repeated rows itself).
+                slots = 1 if args.dataloader_drop_last else args.world_size * args.per_device_train_batch_size
+                self.train_dataset = self._pack(self.train_dataset, multiple_of=slots)
+            self.eval_dataset = self._pack_eval(self.eval_dataset)
+        self._step_totals: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._throughput_mark: tuple[float, int] | None = None
+        self._eval_totals: torch.Tensor | None = None
+
+    # ---- data -------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_parallelism(config) -> None:
+        if config is None:
+            return
+        if config.cp_size > 1:
+            raise ValueError(
+                "context parallelism (`cp_size > 1`) cannot keep packed samples apart (ring attention drops the "
+                "per-sample mask, so samples would attend to each other) and splits samples across ranks, so LongAlign "
+                "weighting would not be exact. Set `cp_size: 1` in the accelerate config / `parallelism_config`."
+            )
+        if config.tp_size > 1 or getattr(config, "sp_size", 1) > 1:
+            raise ValueError(
+                "LongAlign loss weighting is exact for data parallelism (DDP, DeepSpeed ZeRO, FSDP) only; tensor and "
+                "sequence parallelism split samples across ranks. Set `tp_size: 1` and `sp_size: 1` in the accelerate "
+                "config / `parallelism_config`."
+            )
+
+    @staticmethod
+    def _apply_template_settings(model, tokenizer, args: LongAlignConfig):
+        """Apply `chat_template_path` and `eos_token` before tokenizing (TRL applies them after its own data
+        preparation, which we skip, so the conversations would be rendered with the old template)."""
+        if args.eos_token is not None:
+            if args.eos_token not in tokenizer.get_vocab():
+                raise ValueError(
+                    f"`eos_token` {args.eos_token!r} is not in the tokenizer's vocabulary; give a token it has"
+                )
+            tokenizer.eos_token = args.eos_token
+        path = args.chat_template_path
+        if path is None:
+            return model
+        if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+            with open(path, encoding="utf-8") as handle:
+                tokenizer.chat_template = handle.read()
+            return model
+        if isinstance(model, str):
+            raise ValueError(
+                f"`chat_template_path={path!r}` clones another tokenizer's template, which resizes the model's "
+                "embeddings: pass the model loaded (`AutoModelForCausalLM.from_pretrained`) instead of its name, or "
+                "give the template as a .jinja file."
+            )
+        from trl import clone_chat_template
+
+        # TRL applies it again in `SFTTrainer.__init__`; the second time adds no token and changes nothing.
+        model, _, _ = clone_chat_template(model, tokenizer, path)
+        return model
+
+    @staticmethod
+    def _tokenize(dataset, tokenizer, args: LongAlignConfig, split: str):
+        if dataset is None:
+            return None
+        if not isinstance(dataset, datasets.Dataset):
+            raise TypeError(
+                f"the {split} data set must be a `datasets.Dataset` (streaming is not supported for packing)"
+            )
+        if "input_ids" in dataset.column_names:
+            if "labels" not in dataset.column_names:
+                raise ValueError(
+                    f"the tokenized {split} data set has `input_ids` but no `labels`; add labels (-100 on non-target "
+                    "tokens) or pass `messages` conversations and let the trainer tokenize them"
+                )
+            if "length" not in dataset.column_names:
+                dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc=f"Measuring {split}")
+            too_long = np.flatnonzero(column_array(dataset, "length") > args.max_length) if args.max_length else []
+            if len(too_long):
+                raise ValueError(
+                    f"{len(too_long)} tokenized {split} samples are over max_length={args.max_length} (first: row "
+                    f"{too_long[0]}); truncate or drop them, or pass `messages` so the `overflow` policy applies"
+                )
+            return dataset
+        tokenized, _ = prepare_sft_dataset(
+            dataset, tokenizer, args.max_length, overflow=args.overflow, bad_rows=args.bad_rows,
+            num_proc=args.dataset_num_proc, source=f"{split} data set",
+        )  # fmt: skip
+        return tokenized
+
+    @classmethod
+    def _tokenize_eval(cls, eval_dataset, tokenizer, args: LongAlignConfig):
+        if isinstance(eval_dataset, dict):
+            return {key: cls._tokenize(value, tokenizer, args, key) for key, value in eval_dataset.items()}
+        return cls._tokenize(eval_dataset, tokenizer, args, "eval")
+
+    def _packs_eval(self) -> bool:
+        return self.args.batching == "pack" if self.args.eval_packing is None else bool(self.args.eval_packing)
+
+    def _pack_eval(self, eval_dataset):
+        if isinstance(eval_dataset, dict):
+            return {key: self._pack_eval(value) for key, value in eval_dataset.items()}
+        if eval_dataset is None or not self._packs_eval() or "seq_lengths" in eval_dataset.column_names:
+            return eval_dataset
+        return self._pack(eval_dataset)
+
+    def _attention_cost_constant(self) -> float:
+        if self.args.attention_cost_constant is not None:
+            return self.args.attention_cost_constant
+        return 6.0 * self.model.config.get_text_config().hidden_size
+
+    def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> datasets.Dataset:
+        constant = self._attention_cost_constant()
+        packed = pack_dataset(
+            dataset, self.args.max_length, strategy=self.args.pack_planner, multiple_of=multiple_of,
+            attention_constant=constant,
+        )  # fmt: skip
+        seq_lengths = packed.select_columns(["seq_lengths"]).with_format("arrow")[:]["seq_lengths"].combine_chunks()
+        sample_costs = sample_cost(seq_lengths.flatten().to_numpy(), constant)
+        costs = np.add.reduceat(sample_costs, seq_lengths.offsets.to_numpy()[:-1]).astype(float)  # no pack is empty
+        packed = packed.add_column("cost", costs.tolist())
+        num_samples = column_array(packed, "num_samples")
+        devices, per_device = self.args.world_size, self.args.per_device_train_batch_size
+        packs_per_step = devices * per_device * self.args.gradient_accumulation_steps
+        balance = {
+            name: step_efficiency(
+                costs, balanced_pack_order(costs, packs_per_step, self._data_seed, balanced), devices, per_device
+            )
+            for name, balanced in (("balanced", True), ("random", False))
+        }
+        fill = column_array(packed, "length").sum() / (len(packed) * self.args.max_length)
+        logger.info(
+            "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
+            "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
+            num_samples.sum(), len(packed), num_samples.mean(), fill, self.args.max_length, self.args.pack_schedule,
+            devices, constant, balance["balanced"], balance["random"],
+        )  # fmt: skip
+        return packed
+
+    def _check_attention_isolation(self) -> None:
+        if self.args.batching != "pack":
+            return
+        backend = self.model.config._attn_implementation
+        if backend == "sdpa":
+            # Attention per sample instead of a block-diagonal mask over the whole pack: PyTorch's varlen kernel where
+            # it runs, SDPA per sample elsewhere.
+            if varlen_unavailable() is None:
+                target, how = VARLEN_PACKED, "PyTorch's FlashAttention varlen kernel over cu_seq_lens"
+            else:
+                target, how = PACKED_SDPA, "SDPA per sample, no pack-wide mask"
+            self.model.set_attn_implementation(target)
+            logger.info("Packed rows: attention %r -> %r (%s)", backend, target, how)
+            return
+        if backend in ISOLATING_ATTENTION or hub_kernel_repo(backend) in ISOLATING_ATTENTION:
+            return
+        if hub_kernel_repo(backend) is not None:
+            raise ValueError(
+                f"Hub kernel {backend!r} cannot be trusted to keep packed samples apart: transformers cuts packed rows "
+                "at `cu_seq_lens` only for the kernels it runs through its FlashAttention wrapper, the FlashAttention "
+                f"2/3 builds {', '.join(PACKING_HUB_KERNELS)} (`@revision` allowed). Use one of those, "
+                f"'flash_attention_2' or {VARLEN_PACKED!r} (`--attn_implementation`), or `--batching sort`."
+            )
+        raise ValueError(
+            f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "
+            f"Use one of {', '.join(ISOLATING_ATTENTION)} (`--attn_implementation`), or `--batching sort`."
+        )
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "labels", "seq_lengths", "length", "cost"]
+
+    @property
+    def _data_seed(self) -> int:
+        # Like transformers' samplers: `data_seed` when set, else `seed`.
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.args.batching == "naive" or (self.args.batching == "pack" and self.args.pack_schedule == "random"):
+            return super()._get_train_sampler(dataset)
+        keys = column_array(dataset, "cost" if self.args.batching == "pack" else "length").tolist()
+        return SortedBatchSampler(
+            keys,
+            batch_size=self.args.per_device_train_batch_size,
+            num_replicas=self.args.world_size,
+            gradient_accumulation_steps=self.args.gradient_accumulation_steps,
+            seed=self._data_seed,
+            drop_last=self.args.dataloader_drop_last,
+        )
+
+    # ---- loss -------------------------------------------------------------------------------------------------
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        # One device transfer for the whole step, not one sync per micro-batch.
+        counts = [batch[LOSS_NUM_TARGETS] for batch in batch_samples]
+        num_targets = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+        local = torch.stack([(num_targets > 0).sum(), num_targets.sum()]).to(device, torch.float64)
+        totals = self.accelerator.reduce(local, reduction="sum") if self.accelerator.num_processes > 1 else local
+        if batch_samples and totals[0] == 0:
+            raise ValueError(
+                "no sample in this optimizer step has a target token (every label is -100), so there is no loss to "
+                "weight. Check the assistant turns of your data and `max_length` (targets may have been truncated)."
+            )
+        self._step_totals = (totals[0], totals[1])
+        if self._throughput_mark is None:
+            self._throughput_mark = (time.perf_counter(), self._total_train_tokens)
+        return batch_samples, num_items_in_batch
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._throughput_mark is not None:
+            # Tokens of every process (padding excluded) per second since the last log.
+            now, tokens = time.perf_counter(), self._total_train_tokens
+            logs["tokens_per_second"] = round(
+                (tokens - self._throughput_mark[1]) / (now - self._throughput_mark[0]), 1
+            )
+            self._throughput_mark = (now, tokens)
+        super().log(logs, start_time)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        missing = [key for key in BOOKKEEPING_KEYS if key not in inputs]
+        if missing:
+            raise ValueError(
+                f"the batch lacks {', '.join(missing)}: LongAlignSFTTrainer needs LongAlignDataCollator's loss "
+                "bookkeeping (`return_loss_bookkeeping=True`)."
+            )
+        sample_ids, num_targets = inputs.pop(LOSS_SAMPLE_IDS), inputs.pop(LOSS_NUM_TARGETS)
+        sample_features = inputs.pop(LOSS_SAMPLE_FEATURES)
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
+        outputs = model(**inputs, fused_lm_head=True)
+        loss_sum = weighted_nll_sum(
+            outputs.log_probs, outputs.label_mask, sample_ids, num_targets, self.args.loss_weighting
+        )
+        if self.model.training and self._step_totals is not None:
+            num_samples, num_tokens = self._step_totals
+            # DDP, FSDP and DeepSpeed average gradients over processes; the global sum needs the factor back.
+            scale = self.accelerator.num_processes
+        else:
+            num_samples, num_tokens, scale = (num_targets > 0).sum(), num_targets.sum(), 1
+        denominator = num_samples if self.args.loss_weighting == "sequence" else num_tokens
+        loss = loss_sum * scale / denominator.clamp(min=1).to(loss_sum.dtype)
+        if self.aux_loss_enabled:
+            self._metrics["train" if self.model.training else "eval"]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
+            )
+            if self.model.training:
+                # As TRL weighs it: the router loss is a per-micro-batch mean that DDP averages over processes, so
+                # the step applies its mean over processes and accumulation steps.
+                loss = loss + self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
+        if self.model.training:
+            self._log_token_metrics(outputs, inputs)
+        else:
+            self._add_eval_terms(outputs, sample_ids, num_targets, sample_features)
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_eval_terms(self, outputs, sample_ids, num_targets, sample_features) -> None:
+        terms = row_loss_terms(
+            -outputs.log_probs * outputs.label_mask, outputs.entropy, outputs.is_top1, outputs.label_mask, sample_ids,
+            num_targets, sample_features, int(sample_features.max()) + 1,
+        )  # fmt: skip
+        # One entry per data set row: on the last batch, `gather_for_metrics` drops the rows that were repeated to
+        # give every process a full batch.
+        terms = self.accelerator.gather_for_metrics(terms).sum(0)
+        self._eval_totals = terms if self._eval_totals is None else self._eval_totals + terms
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # The fused LM head never builds logits, so evaluation returns the loss alone.
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):  # fmt: skip
+        """Trainer's loop, with the loss and token metrics replaced by their exact values over the evaluation set:
+        `(1/M) sum_i L_i/N_i` or `sum_i L_i / sum_i N_i` over every sample once, not a mean of per-batch means."""
+        self._eval_totals = None
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self._eval_totals is not None:
+            totals = dict(zip(ROW_TERMS, self._eval_totals.tolist()))
+            if self.args.loss_weighting == "sequence":
+                loss = totals["sequence_sum"] / max(totals["samples"], 1.0)
+            else:
+                loss = totals["token_sum"] / max(totals["tokens"], 1.0)
+            output.metrics[f"{metric_key_prefix}_loss"] = loss
+            tokens = max(totals["tokens"], 1.0)
+            self._metrics["eval"]["entropy"] = [totals["entropy_sum"] / tokens]
+            self._metrics["eval"]["mean_token_accuracy"] = [totals["correct"] / tokens]
+        return output
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        # A data set passed here is prepared like the ones given at construction (TRL's preparation is skipped).
+        if eval_dataset is not None and not isinstance(eval_dataset, str):
+            eval_dataset = self._pack_eval(self._tokenize_eval(eval_dataset, self.processing_class, self.args))
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, *args, **kwargs):
+        raise NotImplementedError(
+            "LongAlignSFTTrainer computes the loss from chunked log-probabilities and never builds the logits that "
+            "`predict` returns. Use `evaluate()` for the exact loss, `model.generate` for outputs, or `longalign eval`."
+        )
+
+    def _log_token_metrics(self, outputs, inputs) -> None:
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(outputs.label_mask.sum()).sum()
+        if num_valid > 0:
+            self._metrics["train"]["entropy"].append((gather(outputs.entropy.detach().sum()).sum() / num_valid).item())
+            self._metrics["train"]["mean_token_accuracy"].append(
+                (gather(outputs.is_top1.sum()).sum() / num_valid).item()
+            )
+        mask = inputs.get("attention_mask")
+        local_tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
+        self._total_train_tokens += gather(local_tokens.to(num_valid.device)).sum().item()
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+
+
+def _refuse_unsupported_arguments(kwargs: dict) -> None:
+    """Refuse `SFTTrainer` arguments whose effect LongAlign's data path or loss would silently drop."""
+    if kwargs.get("formatting_func") is not None:
+        raise ValueError(
+            "`formatting_func` is not supported: LongAlignSFTTrainer renders `messages` through the chat template "
+            "itself (assistant-only targets). Map your rows to `messages` first, or pass tokenized `input_ids` with "
+            "`labels`."
+        )
+    if kwargs.get("compute_loss_func") is not None:
+        raise ValueError(
+            "`compute_loss_func` is not supported: LongAlignSFTTrainer's loss is the LongAlign-weighted NLL "
+            "(`loss_weighting`). Subclass LongAlignSFTTrainer and override `compute_loss` for another objective."
+        )
+    for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"`{name}` is not supported: the loss comes from chunked log-probabilities, so no logits are built "
+                "to pass to it. Evaluation reports the exact `eval_loss`, `eval_entropy` and "
+                "`eval_mean_token_accuracy`; for generation metrics use `longalign eval` on the saved model."
+            )
