@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from longalign_hf.command_args import check_can_create
 from longalign_hf.errors import UserInputError
-from longalign_hf.evaluation.run_folder import check_can_create
 
 
 @contextmanager

@@ -42,9 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from longalign_hf import command_args
 from longalign_hf.data.sft import DEFAULT_TOKENIZER, load_tokenizer, row_location
 from longalign_hf.errors import UserInputError, iter_jsonl
-from longalign_hf.evaluation import run_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -167,7 +167,7 @@ def load_documents(
         )
     from longalign_hf.data.sft_data import load_chat_dataset
 
-    with run_folder.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
+    with command_args.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
         dataset = load_chat_dataset(source, name=name, split=split)
     for column, option in ((text_column, "--text-column"), (id_column, "--id-column")):
         if column is not None and column not in dataset.column_names:
@@ -445,9 +445,9 @@ def generate_long_data(
             f"{min_tokens}, {temperature}, {timeout} and {max_new_tokens}"
         )
     out = Path(out)
-    run_folder.check_can_create(out, "--out", kind="file", wanted="the JSONL file to append records to")
+    command_args.check_can_create(out, "--out", kind="file", wanted="the JSONL file to append records to")
     cache_dir = cache_dir if cache_dir is not None else out.with_name(out.name + ".cache")
-    run_folder.check_can_create(cache_dir, "--cache-dir")
+    command_args.check_can_create(cache_dir, "--cache-dir")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     client = JudgeClient(
         model,
@@ -577,7 +577,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--out", required=True, metavar="FILE", help="JSONL file to append records to (resumable)")
     source.add_argument(
         "--num-docs",
-        type=run_folder.count,
+        type=command_args.count,
         metavar="N",
         help="stop after N documents within the length bounds (default: all)",
     )
@@ -590,13 +590,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     source.add_argument(
         "--min-tokens",
-        type=run_folder.count_or_zero,
+        type=command_args.count_or_zero,
         default=8_000,
         help="skip shorter documents (default: 8000, the paper's 8k)",
     )
     source.add_argument(
         "--max-tokens",
-        type=run_folder.count,
+        type=command_args.count,
         default=64_000,
         help="skip longer documents (default: 64000, the paper's 64k)",
     )
@@ -606,7 +606,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--split", default="train", help="split of a Hub data set (default: train)")
     source.add_argument("--glob", default="**/*.txt", help="files of a folder to read (default: **/*.txt)")
     source.add_argument(
-        "--seed", type=run_folder.seed, default=42, help="seed of the task and question draws (default: 42)"
+        "--seed", type=command_args.seed, default=42, help="seed of the task and question draws (default: 42)"
     )
 
     llm = parser.add_argument_group("LLM")
@@ -618,28 +618,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     llm.add_argument("--api-key", help="API key (default: the OPENAI_API_KEY environment variable, safer than this)")
     llm.add_argument(
         "--temperature",
-        type=run_folder.at_least_zero,
+        type=command_args.at_least_zero,
         default=1.0,
         help="sampling temperature (default: 1.0, the API default; the paper does not give one)",
     )
-    llm.add_argument("--max-new-tokens", type=run_folder.count, help="cap on reply tokens (default: the server's)")
-    llm.add_argument("--concurrency", type=run_folder.count, default=8, help="requests in flight (default: 8)")
+    llm.add_argument("--max-new-tokens", type=command_args.count, help="cap on reply tokens (default: the server's)")
+    llm.add_argument("--concurrency", type=command_args.count, default=8, help="requests in flight (default: 8)")
     llm.add_argument(
         "--timeout",
-        type=run_folder.positive,
+        type=command_args.positive,
         default=600.0,
         help="seconds to wait for one reply (default: 600, long prompts)",
     )
     llm.add_argument(
         "--max-retries",
-        type=run_folder.count_or_zero,
+        type=command_args.count_or_zero,
         default=5,
         help="retries per call after an error or a bad reply (5)",
     )
     llm.add_argument("--cache-dir", help="reply cache, what makes reruns free (default: OUT.cache next to --out)")
     llm.add_argument(
         "--batch-size",
-        type=run_folder.count,
+        type=command_args.count,
         default=64,
         help="documents held in memory and asked at a time (default: 64)",
     )

@@ -39,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from longalign_hf import command_args
 from longalign_hf.data.chat import VALID_ROLES
 from longalign_hf.data.hub import check_out_folder, push_hub_folder, staged_folder
 from longalign_hf.errors import UserInputError, iter_jsonl
-from longalign_hf.evaluation import run_folder
-from longalign_hf.evaluation.generation import TOKENIZER_FILES
 
 if TYPE_CHECKING:
     import datasets
@@ -83,8 +82,10 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         reason = "no such folder"
     elif os.path.isfile(folder):
         reason = "a file, not a folder"
-    elif os.path.isdir(folder) and not any(os.path.isfile(os.path.join(folder, name)) for name in TOKENIZER_FILES):
-        reason = f"the folder holds no tokenizer file: none of {', '.join(TOKENIZER_FILES)}"
+    elif os.path.isdir(folder) and not any(
+        os.path.isfile(os.path.join(folder, name)) for name in command_args.TOKENIZER_FILES
+    ):
+        reason = f"the folder holds no tokenizer file: none of {', '.join(command_args.TOKENIZER_FILES)}"
     else:
         try:
             return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
@@ -229,7 +230,7 @@ def _load_part(path: str) -> datasets.Dataset:
     """One input set, by `load_chat_dataset`; the `datasets` library's own error lines are kept out of its message."""
     from longalign_hf.data.sft_data import load_chat_dataset
 
-    with run_folder.quiet_datasets_log():
+    with command_args.quiet_datasets_log():
         return load_chat_dataset(path)
 
 
@@ -564,7 +565,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--short", required=True, metavar="FILE_OR_ID", help="short chat data: Hub id, file or folder")
     parser.add_argument(
         "--short-ratio",
-        type=run_folder.open_fraction,
+        type=command_args.open_fraction,
         metavar="R",
         help="share of short samples in the mix, between 0 and 1 (default: all rows of both sets)",
     )
@@ -576,7 +577,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="tokenizer the length statistics are counted in: a Hub id, or a local folder (works offline) "
         f"(default: {DEFAULT_TOKENIZER}, from the Hub)",
     )
-    parser.add_argument("--seed", type=run_folder.seed, default=42, help="seed of the shuffles (default: 42)")
+    parser.add_argument("--seed", type=command_args.seed, default=42, help="seed of the shuffles (default: 42)")
     parser.add_argument(
         "--bad-rows",
         choices=("error", "skip"),  # `sft_data.BAD_ROW_POLICIES`, which imports `datasets`: too slow for `--help`

@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from longalign_hf import command_args
+from longalign_hf.command_args import looks_like_a_path, one_line
 from longalign_hf.errors import UserInputError
-from longalign_hf.evaluation.run_folder import DTYPES, looks_like_a_path, one_line
+from longalign_hf.evaluation.run_folder import DTYPES
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -96,10 +98,6 @@ def _clean_seam(tokenizer: PreTrainedTokenizerBase, token_ids: Sequence[int], he
     return clean_head, clean_tail
 
 
-# Files of which a tokenizer folder holds at least one (`save_pretrained` writes tokenizer_config.json and more).
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
-)  # fmt: skip
 # Weight files of a model folder (`save_pretrained`: one file, or shards with an index).
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
@@ -113,7 +111,7 @@ def _local_folder(name_or_path: str) -> Path | None:
 def load_tokenizer(name_or_path: str, flag: str = "--model (or --tokenizer)") -> PreTrainedTokenizerBase:
     """`AutoTokenizer.from_pretrained(name_or_path)`, raising `UserInputError` (a one-line reason) if it cannot load.
 
-    A local folder without any tokenizer file (`TOKENIZER_FILES`), e.g. a model saved without its tokenizer, is
+    A local folder without any tokenizer file (`command_args.TOKENIZER_FILES`), e.g. a model saved without its tokenizer, is
     refused before `transformers` tries it, naming the folder and what it lacks.
     """
     from transformers import AutoTokenizer
@@ -121,11 +119,11 @@ def load_tokenizer(name_or_path: str, flag: str = "--model (or --tokenizer)") ->
     folder = _local_folder(name_or_path)
     if folder is not None and not folder.is_dir():
         raise _cannot_load("a tokenizer", name_or_path, "a file, not a folder", flag)
-    if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if folder is not None and not any((folder / name).is_file() for name in command_args.TOKENIZER_FILES):
         raise _cannot_load(
             "a tokenizer",
             name_or_path,
-            f"the folder holds no tokenizer file: none of {', '.join(TOKENIZER_FILES)}",
+            f"the folder holds no tokenizer file: none of {', '.join(command_args.TOKENIZER_FILES)}",
             flag,
         )
     try:

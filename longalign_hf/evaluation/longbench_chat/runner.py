@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from longalign_hf import command_args
 from longalign_hf.errors import UserInputError, iter_jsonl
 from longalign_hf.evaluation import run_folder
 from longalign_hf.evaluation.longbench_chat.scoring import score_predictions
@@ -68,11 +69,11 @@ def load_cases(dataset: str = DEFAULT_DATASET, config: str = "all") -> datasets.
         raise UserInputError(
             f"--dataset {dataset} is a file, not a data set folder: {_HOW_TO_BUILD}; that DIR is what --dataset takes"
         )
-    if not local.exists() and run_folder.looks_like_a_path(dataset):
+    if not local.exists() and command_args.looks_like_a_path(dataset):
         raise UserInputError(f"--dataset {dataset}: no such folder; {_HOW_TO_BUILD}")
     source = str(local) if local.exists() else dataset
     try:
-        with run_folder.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
+        with command_args.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
             cases = datasets.load_dataset(source, config, split="test")
     except DatasetNotFoundError:
         raise UserInputError(
@@ -81,16 +82,16 @@ def load_cases(dataset: str = DEFAULT_DATASET, config: str = "all") -> datasets.
         ) from None
     except ConnectionError as error:
         raise UserInputError(
-            f"--dataset {dataset}: not a local folder, and the Hub cannot be reached to load it ({run_folder.one_line(error)}); connect to "
+            f"--dataset {dataset}: not a local folder, and the Hub cannot be reached to load it ({command_args.one_line(error)}); connect to "
             f"the network, or {_HOW_TO_BUILD}"
         ) from None
     except FileNotFoundError as error:  # a folder with no data file in it
         raise UserInputError(
-            f"--dataset {dataset} holds no data set ({run_folder.one_line(error)}); {_HOW_TO_BUILD}"
+            f"--dataset {dataset} holds no data set ({command_args.one_line(error)}); {_HOW_TO_BUILD}"
         ) from None
     except DatasetGenerationError as error:
         raise UserInputError(
-            f"--dataset {dataset}: its data files cannot be read ({run_folder.one_line(error.__cause__ or error)}); {_HOW_TO_BUILD}"
+            f"--dataset {dataset}: its data files cannot be read ({command_args.one_line(error.__cause__ or error)}); {_HOW_TO_BUILD}"
         ) from None
     except ValueError as error:  # an unknown config or split; an invalid Hub id
         if not local.exists() and "Repo id" in str(error):
@@ -287,9 +288,9 @@ def run_longbench_chat(
         raise UserInputError(f"--judge-max-retries must be 0 or more, got {judge_max_retries}")
     check_model_options(dtype, attn_implementation)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model)
-    run_folder.check_can_create(output_dir, "--output-dir")
+    command_args.check_can_create(output_dir, "--output-dir")
     if judge_cache_dir is not None:
-        run_folder.check_can_create(judge_cache_dir, "--judge-cache-dir")
+        command_args.check_can_create(judge_cache_dir, "--judge-cache-dir")
     judge = JudgeClient(
         judge_model,
         base_url=judge_base_url,
@@ -327,7 +328,7 @@ def run_longbench_chat(
         if generation_base_url is None:  # loaded before anything is written: a model that fails leaves nothing
             lm = load_causal_lm(model, dtype, attn_implementation)
     if judge_cache_dir is not None:  # the first write: a folder that cannot be made leaves nothing behind
-        run_folder.make_folder(judge_cache_dir, "--judge-cache-dir")
+        command_args.make_folder(judge_cache_dir, "--judge-cache-dir")
     run_folder.write_settings(output_dir, settings)
 
     if len(todo):
@@ -514,7 +515,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"[--push-to-hub ORG/NAME]`); default: {DEFAULT_DATASET}",
     )
     data.add_argument("--config", default="all", choices=["all", "en", "zh"], help="cases to run (default: all)")
-    data.add_argument("--limit", type=run_folder.count, help="only the first N cases (a smoke test)")
+    data.add_argument("--limit", type=command_args.count, help="only the first N cases (a smoke test)")
     data.add_argument(
         "--output-dir", help="where predictions, judge cache and results go (default: outputs/longbench_chat/MODEL)"
     )
@@ -522,21 +523,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen = parser.add_argument_group("generation (defaults: the paper's released script)")
     gen.add_argument(
         "--max-length",
-        type=run_folder.count_or_zero,
+        type=command_args.count_or_zero,
         default=64_000,
         help="prompts over this many tokens are cut in the middle (default: 64000, the paper's; 0: never)",
     )
-    gen.add_argument("--max-new-tokens", type=run_folder.count, default=1024, help="answer length cap (default: 1024)")
+    gen.add_argument(
+        "--max-new-tokens", type=command_args.count, default=1024, help="answer length cap (default: 1024)"
+    )
     gen.add_argument(
         "--temperature",
-        type=run_folder.at_least_zero,
+        type=command_args.at_least_zero,
         default=1.0,
         help="sampling temperature, 0 for greedy (default: 1.0, the paper's)",
     )
     gen.add_argument(
-        "--seed", type=run_folder.seed, default=42, help="seed before each batch, and of the judge shuffles (42)"
+        "--seed", type=command_args.seed, default=42, help="seed before each batch, and of the judge shuffles (42)"
     )
-    gen.add_argument("--batch-size", type=run_folder.count, default=1, help="prompts per generate call (default: 1)")
+    gen.add_argument("--batch-size", type=command_args.count, default=1, help="prompts per generate call (default: 1)")
     gen.add_argument(
         "--dtype",
         default="auto",
@@ -552,7 +555,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     gen.add_argument("--generation-api-key", help="API key of that server (default: OPENAI_API_KEY or none)")
     gen.add_argument(
-        "--generation-concurrency", type=run_folder.count, default=8, help="requests in flight to it (default: 8)"
+        "--generation-concurrency", type=command_args.count, default=8, help="requests in flight to it (default: 8)"
     )
     gen.add_argument(
         "--keep-newlines",
@@ -571,20 +574,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--judge-api-key", help="judge API key (default: the OPENAI_API_KEY environment variable, safer than this)"
     )
     judge.add_argument(
-        "--judge-concurrency", type=run_folder.count, default=8, help="judge requests in flight (default: 8)"
+        "--judge-concurrency", type=command_args.count, default=8, help="judge requests in flight (default: 8)"
     )
     judge.add_argument(
-        "--judge-timeout", type=run_folder.positive, default=120.0, help="seconds per judge reply (default: 120)"
+        "--judge-timeout", type=command_args.positive, default=120.0, help="seconds per judge reply (default: 120)"
     )
     judge.add_argument(
         "--judge-max-retries",
-        type=run_folder.count_or_zero,
+        type=command_args.count_or_zero,
         default=5,
         help="retries per judge call (default: 5)",
     )
     judge.add_argument("--judge-cache-dir", help="judge reply cache (default: OUTPUT_DIR/judge_cache)")
     judge.add_argument(
-        "--n-runs", type=run_folder.count, default=2, help="judge runs per answer, averaged (default: 2, the paper's)"
+        "--n-runs",
+        type=command_args.count,
+        default=2,
+        help="judge runs per answer, averaged (default: 2, the paper's)",
     )
     parser.add_argument("--allow-incomplete", action="store_true", help=run_folder.ALLOW_INCOMPLETE_HELP)
 

@@ -72,6 +72,7 @@ from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING, Any, TextIO
 
+from longalign_hf import command_args
 from longalign_hf.data.synthetic import documentation_paragraphs
 from longalign_hf.errors import UserInputError, iter_jsonl
 from longalign_hf.evaluation import run_folder
@@ -625,7 +626,7 @@ def run_needle(
     if isinstance(model, str):
         check_model_options(dtype, attn_implementation)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model_name)
-    run_folder.check_can_create(output_dir, "--output-dir")
+    command_args.check_can_create(output_dir, "--output-dir")
     # Every input is checked before anything is written: nothing half-made refuses the corrected rerun.
     judge = None
     if judge_model is not None and "single" not in probes:
@@ -946,14 +947,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     grid.add_argument(
         "--num-needles",
-        type=run_folder.count,
+        type=command_args.count,
         default=4,
         help="needles of the multikey and multivalue probes (default: 4, RULER's)",
     )
     grid.add_argument("--key-type", choices=NEEDLE_TYPES, default="words", help="RULER keys (default: words)")
     grid.add_argument("--value-type", choices=NEEDLE_TYPES, default="numbers", help="RULER values (default: numbers)")
     grid.add_argument(
-        "--seed", type=run_folder.seed, default=42, help="seed of RULER keys, values and depths, and of sampling (42)"
+        "--seed",
+        type=command_args.seed,
+        default=42,
+        help="seed of RULER keys, values and depths, and of sampling (42)",
     )
     grid.add_argument(
         "--output-dir", help="where records, results, heatmaps and summary go (default: outputs/needle/MODEL)"
@@ -961,16 +965,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     gen = parser.add_argument_group("generation")
     gen.add_argument("--tokenizer", help="tokenizer for lengths and the chat template (default: --model)")
-    gen.add_argument("--max-new-tokens", type=run_folder.count, default=64, help="answer length cap (default: 64)")
+    gen.add_argument("--max-new-tokens", type=command_args.count, default=64, help="answer length cap (default: 64)")
     gen.add_argument(
         "--temperature",
-        type=run_folder.at_least_zero,
+        type=command_args.at_least_zero,
         default=0.0,
         help="sampling temperature, 0 for greedy (default: 0)",
     )
     gen.add_argument(
         "--batch-size",
-        type=run_folder.count,
+        type=command_args.count,
         default=1,
         help="prompts of the same length per generate call (default: 1)",
     )
@@ -983,7 +987,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--attn-implementation", help=run_folder.ATTN_IMPLEMENTATION_HELP)
     gen.add_argument(
         "--max-model-length",
-        type=run_folder.count,
+        type=command_args.count,
         help="the model's context window in tokens; lengths whose prompt plus --max-new-tokens exceed it are skipped "
         "with a warning (default: the config's max_position_embeddings)",
     )
@@ -995,7 +999,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--judge-api-key", help="judge API key (default: the OPENAI_API_KEY environment variable, safer than this)"
     )
     judge.add_argument(
-        "--judge-concurrency", type=run_folder.count, default=8, help="judge requests in flight (default: 8)"
+        "--judge-concurrency", type=command_args.count, default=8, help="judge requests in flight (default: 8)"
     )
     parser.add_argument("--allow-incomplete", action="store_true", help=run_folder.ALLOW_INCOMPLETE_HELP)
 
