@@ -148,7 +148,7 @@ def _check_few_shots(path: str, idx: int, shots: Any, slots: int, template_path:
 def read_source(paths: dict[str, str]) -> list[dict[str, Any]]:
     """Read and check the three source files (`paths`: file name -> path); one record (see the module docstring) per
     case, in file order. A missing, malformed or misaligned file raises `UserInputError` naming the file and case."""
-    from longalign_hf.evaluation.longbench_chat.scoring import detect_language, few_shot_slots
+    from longalign_hf.data.longbench_chat_format import detect_language, few_shot_slots
 
     template_path = paths[JUDGE_TEMPLATE]
     template_bytes = _read_bytes(template_path)
@@ -197,7 +197,7 @@ def read_source(paths: dict[str, str]) -> list[dict[str, Any]]:
 def _dataset_card(card_data: DatasetCardData, counts: dict[str, int], repo_id: str | None) -> DatasetCard:
     from huggingface_hub import DatasetCard
 
-    from longalign_hf.evaluation.longbench_chat.scoring import CITATION
+    from longalign_hf.data.longbench_chat_format import CITATION
 
     location = repo_id or "path/to/this/folder"
     rows = "\n".join(f"| `{name}` | {counts[name]} |" for name in counts)

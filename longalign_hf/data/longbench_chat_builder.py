@@ -76,7 +76,7 @@ class LongBenchChatBuilder(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "all"
 
     def _info(self) -> datasets.DatasetInfo:
-        from longalign_hf.evaluation.longbench_chat.scoring import CITATION
+        from longalign_hf.data.longbench_chat_format import CITATION
 
         return datasets.DatasetInfo(
             description=DESCRIPTION,

@@ -10,7 +10,7 @@ one of the four task types of the paper (`TASK_TYPES`) is drawn at random, the L
 task's prompt after the document, one of the questions is drawn at random, and the same LLM answers it with the
 document in context. The draws are seeded per document (`seed` and the document id), so a rerun asks the same
 things. Documents are Chinese when CJK characters make up at least a quarter of their CJK and Latin letters
-(`longalign_hf.evaluation.longbench_chat.scoring.detect_language`; a Chinese character carries about as much as a few Latin letters);
+(`longalign_hf.data.longbench_chat_format.detect_language`; a Chinese character carries about as much as a few Latin letters);
 they get the Chinese translations of the prompts.
 
 The output is append-only JSONL, one record per line:
@@ -426,7 +426,7 @@ def generate_long_data(
     """
     from tqdm.auto import tqdm
 
-    from longalign_hf.evaluation.longbench_chat.scoring import detect_language
+    from longalign_hf.data.longbench_chat_format import detect_language
     from longalign_hf.llm_client import JudgeClient
 
     if min_tokens > max_tokens:
