@@ -30,16 +30,15 @@ import sys
 import numpy as np
 from _lengths import load_lengths, long_tailed_lengths, print_header, print_table
 
-from longalign_hf.training.packing import (
+from longalign_hf.training.packing import pack_stats, plan_packs
+from longalign_hf.training.sampler import SortedBatchSampler
+from longalign_hf.training.schedule import (
     DEFAULT_ATTENTION_CONSTANT,
     balanced_pack_order,
-    pack_stats,
-    plan_packs,
     sample_cost,
     split_packs,
     step_efficiency,
 )
-from longalign_hf.training.sampler import SortedBatchSampler
 
 FILL_TARGET = 0.995
 BALANCED_EFFICIENCY_TARGET = 0.97

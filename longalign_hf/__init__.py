@@ -23,7 +23,7 @@ _PUBLIC = {
     "pack_dataset": "longalign_hf.training.packed_dataset",
     "pack_stats": "longalign_hf.training.packing",
     "plan_packs": "longalign_hf.training.packing",
-    "split_packs": "longalign_hf.training.packing",
+    "split_packs": "longalign_hf.training.schedule",
 }
 _SUBPACKAGES = ("data", "evaluation", "metrics")
 
@@ -49,8 +49,9 @@ if TYPE_CHECKING:
     from longalign_hf.training.config import LongAlignConfig
     from longalign_hf.training.packed_attention import PACKED_SDPA
     from longalign_hf.training.packed_dataset import pack_dataset
-    from longalign_hf.training.packing import pack_stats, plan_packs, split_packs
+    from longalign_hf.training.packing import pack_stats, plan_packs
     from longalign_hf.training.sampler import SortedBatchSampler
+    from longalign_hf.training.schedule import split_packs
     from longalign_hf.training.trainer import LongAlignSFTTrainer
     from longalign_hf.training.varlen_attention import VARLEN_PACKED
 

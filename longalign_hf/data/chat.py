@@ -21,6 +21,8 @@ from jinja2 import TemplateError, TemplateSyntaxError
 IGNORE_INDEX = -100
 VALID_ROLES = ("system", "user", "assistant")
 OVERFLOW_POLICIES = ("truncate", "drop")
+# What to do with a row that holds no usable conversation: stop with its reason, or drop and count it.
+BAD_ROW_POLICIES = ("error", "skip")
 # Rendered in place of a reply to find where the template puts the reply's content. Letters only, so a template that
 # trims or escapes the content renders it unchanged.
 _CONTENT_PROBE = "LongAlignReplyStartsHere"

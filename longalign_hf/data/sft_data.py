@@ -21,7 +21,7 @@ import datasets
 from datasets.fingerprint import Hasher
 
 from longalign_hf.data import chat
-from longalign_hf.data.chat import OVERFLOW_POLICIES, ConversationError, tokenize_conversation
+from longalign_hf.data.chat import BAD_ROW_POLICIES, OVERFLOW_POLICIES, ConversationError, tokenize_conversation
 from longalign_hf.errors import UserInputError, check_data_file
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,6 @@ _FORMAT_HINTS = {
     "list; fix the file",
     "parquet": "write it again (e.g. with `Dataset.to_parquet`) or give the data as .jsonl",
 }
-BAD_ROW_POLICIES = ("error", "skip")
 # `datasets` keys its map cache on `_tokenize_row`'s name, not its code: with this digest of the code that makes the
 # labels, a new version of it tokenizes again instead of reusing labels cached by an older one.
 _CODE_DIGEST = hashlib.sha256(Path(chat.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()

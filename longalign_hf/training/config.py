@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 import torch
 from trl import SFTConfig
 
+from longalign_hf.data.chat import BAD_ROW_POLICIES, OVERFLOW_POLICIES
+from longalign_hf.training.packing import PACKING_STRATEGIES
+
 logger = logging.getLogger(__name__)
 
 BATCHING_MODES = ("naive", "sort", "pack")
 LOSS_WEIGHTINGS = ("sequence", "token")
-PACK_PLANNERS = ("bfd", "next_fit")
 PACK_SCHEDULES = ("balanced", "random")
 
 
@@ -62,7 +64,7 @@ class LongAlignConfig(SFTConfig):
         attention_cost_constant (`float`, *optional*):
             The constant C of the per-sample cost `L + L**2 / C` that the balanced schedule uses. `None` derives it
             from the model: `6 * hidden_size`, the ratio of a layer's matrix FLOPs per token (`24 h^2`) to its
-            attention FLOPs per token pair (`4 h`); see [`longalign_hf.training.packing.sample_cost`].
+            attention FLOPs per token pair (`4 h`); see [`longalign_hf.training.schedule.sample_cost`].
         overflow (`str`, *optional*, defaults to `"truncate"`):
             Samples longer than `max_length`: `"truncate"` cuts them from the right (the paper), `"drop"` drops them.
             Either way they are counted in the log.
@@ -101,7 +103,7 @@ class LongAlignConfig(SFTConfig):
         default="bfd",
         metadata={
             "help": "bfd (best-fit decreasing) or next_fit (the reference code's greedy packing).",
-            "choices": PACK_PLANNERS,
+            "choices": PACKING_STRATEGIES,
         },
     )
     pack_schedule: str = field(
@@ -119,14 +121,14 @@ class LongAlignConfig(SFTConfig):
         default="truncate",
         metadata={
             "help": "Samples over max_length: truncate (from the right, as the paper) or drop.",
-            "choices": ("truncate", "drop"),
+            "choices": OVERFLOW_POLICIES,
         },
     )
     bad_rows: str = field(
         default="error",
         metadata={
             "help": "Rows without a usable conversation: error (stop) or skip (drop and count).",
-            "choices": ("error", "skip"),
+            "choices": BAD_ROW_POLICIES,
         },
     )
 
@@ -155,10 +157,10 @@ class LongAlignConfig(SFTConfig):
         checks = {
             "batching": BATCHING_MODES,
             "loss_weighting": LOSS_WEIGHTINGS,
-            "pack_planner": PACK_PLANNERS,
+            "pack_planner": PACKING_STRATEGIES,
             "pack_schedule": PACK_SCHEDULES,
-            "overflow": ("truncate", "drop"),
-            "bad_rows": ("error", "skip"),
+            "overflow": OVERFLOW_POLICIES,
+            "bad_rows": BAD_ROW_POLICIES,
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:

@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 from datasets.fingerprint import Hasher
 
-from longalign_hf.training.packing import DEFAULT_ATTENTION_CONSTANT, pack_stats, plan_packs, split_packs
+from longalign_hf.training.packing import pack_stats, plan_packs
+from longalign_hf.training.schedule import DEFAULT_ATTENTION_CONSTANT, split_packs
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from longalign_hf.training.packing import _as_sort_keys, _check_positive_int, _length_grouped_order
+from longalign_hf.training.packing import _check_positive_int
+from longalign_hf.training.schedule import _as_sort_keys, _length_grouped_order
 
 
 class SortedBatchSampler(Sampler[int]):

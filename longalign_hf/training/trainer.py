@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 
 import datasets
-import numpy as np
 import torch
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
-from longalign_hf.data.sft_data import prepare_sft_dataset
-from longalign_hf.training.attention import PACKING_HUB_KERNELS, hub_kernel_repo, varlen_unavailable
+from longalign_hf.training.checks import check_parallelism, packing_attention, refuse_unsupported_arguments
 from longalign_hf.training.collator import (
     BOOKKEEPING_KEYS,
     LOSS_NUM_TARGETS,
@@ -24,20 +21,11 @@ from longalign_hf.training.collator import (
 )
 from longalign_hf.training.config import LongAlignConfig
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
-from longalign_hf.training.packed_attention import PACKED_SDPA
-from longalign_hf.training.packed_dataset import column_array, pack_dataset
-from longalign_hf.training.packing import balanced_pack_order, sample_cost, step_efficiency
+from longalign_hf.training.packed_dataset import column_array
+from longalign_hf.training.preparation import apply_template_settings, pack_with_costs, tokenize, tokenize_eval
 from longalign_hf.training.sampler import SortedBatchSampler
-from longalign_hf.training.varlen_attention import VARLEN_PACKED
 
 logger = logging.getLogger(__name__)
-
-# Attention backends that keep packed samples apart: eager/sdpa through the block-diagonal mask that transformers
-# derives from restarting position ids; sdpa_packed, varlen_packed, FlashAttention and its Hub kernels (any revision)
-# through `cu_seq_lens`.
-ISOLATING_ATTENTION = (
-    "eager", "sdpa", PACKED_SDPA, VARLEN_PACKED, "flash_attention_2", "flash_attention_3", *PACKING_HUB_KERNELS,
-)  # fmt: skip
 
 
 class LongAlignSFTTrainer(SFTTrainer):
@@ -81,11 +69,11 @@ class LongAlignSFTTrainer(SFTTrainer):
                 "LongAlignSFTTrainer builds its own LongAlignDataCollator (loss weighting needs its per-sample "
                 "bookkeeping); do not pass `data_collator`."
             )
-        _refuse_unsupported_arguments(kwargs)
-        self._check_parallelism(getattr(args, "parallelism_config", None))
+        refuse_unsupported_arguments(kwargs)
+        check_parallelism(getattr(args, "parallelism_config", None))
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
-        model = self._apply_template_settings(model, processing_class, args)
+        model = apply_template_settings(model, processing_class, args)
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         # The caller's config stays as given: TRL must skip its own data preparation, but only in our copy.
@@ -99,15 +87,19 @@ class LongAlignSFTTrainer(SFTTrainer):
         )
         with args.main_process_first(desc="LongAlign data preparation"):
             # The main process tokenizes first and writes the `datasets` cache; the others then read it.
-            train_dataset = self._tokenize(train_dataset, processing_class, args, "train")
-            eval_dataset = self._tokenize_eval(eval_dataset, processing_class, args)
+            train_dataset = tokenize(train_dataset, processing_class, args, "train")
+            eval_dataset = tokenize_eval(eval_dataset, processing_class, args)
         super().__init__(
             model, args=args, data_collator=collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, **kwargs,
         )  # fmt: skip
         # A parallelism config from the accelerate launcher (YAML or environment) never reaches `args`.
-        self._check_parallelism(self.accelerator.parallelism_config)
-        self._check_attention_isolation()
+        check_parallelism(self.accelerator.parallelism_config)
+        if args.batching == "pack":
+            backend = self.model.config._attn_implementation
+            target = packing_attention(backend)
+            if target != backend:
+                self.model.set_attn_implementation(target)
         if self.model.get_output_embeddings() is None:
             raise ValueError(
                 f"{type(self.model).__name__} has no LM head, so the loss has no token log-probabilities to weight. "
@@ -126,87 +118,6 @@ class LongAlignSFTTrainer(SFTTrainer):
 
     # ---- data -------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_parallelism(config) -> None:
-        if config is None:
-            return
-        if config.cp_size > 1:
-            raise ValueError(
-                "context parallelism (`cp_size > 1`) cannot keep packed samples apart (ring attention drops the "
-                "per-sample mask, so samples would attend to each other) and splits samples across ranks, so LongAlign "
-                "weighting would not be exact. Set `cp_size: 1` in the accelerate config / `parallelism_config`."
-            )
-        if config.tp_size > 1 or getattr(config, "sp_size", 1) > 1:
-            raise ValueError(
-                "LongAlign loss weighting is exact for data parallelism (DDP, DeepSpeed ZeRO, FSDP) only; tensor and "
-                "sequence parallelism split samples across ranks. Set `tp_size: 1` and `sp_size: 1` in the accelerate "
-                "config / `parallelism_config`."
-            )
-
-    @staticmethod
-    def _apply_template_settings(model, tokenizer, args: LongAlignConfig):
-        """Apply `chat_template_path` and `eos_token` before tokenizing (TRL applies them after its own data
-        preparation, which we skip, so the conversations would be rendered with the old template)."""
-        if args.eos_token is not None:
-            if args.eos_token not in tokenizer.get_vocab():
-                raise ValueError(
-                    f"`eos_token` {args.eos_token!r} is not in the tokenizer's vocabulary; give a token it has"
-                )
-            tokenizer.eos_token = args.eos_token
-        path = args.chat_template_path
-        if path is None:
-            return model
-        if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
-            with open(path, encoding="utf-8") as handle:
-                tokenizer.chat_template = handle.read()
-            return model
-        if isinstance(model, str):
-            raise ValueError(
-                f"`chat_template_path={path!r}` clones another tokenizer's template, which resizes the model's "
-                "embeddings: pass the model loaded (`AutoModelForCausalLM.from_pretrained`) instead of its name, or "
-                "give the template as a .jinja file."
-            )
-        from trl import clone_chat_template
-
-        # TRL applies it again in `SFTTrainer.__init__`; the second time adds no token and changes nothing.
-        model, _, _ = clone_chat_template(model, tokenizer, path)
-        return model
-
-    @staticmethod
-    def _tokenize(dataset, tokenizer, args: LongAlignConfig, split: str):
-        if dataset is None:
-            return None
-        if not isinstance(dataset, datasets.Dataset):
-            raise TypeError(
-                f"the {split} data set must be a `datasets.Dataset` (streaming is not supported for packing)"
-            )
-        if "input_ids" in dataset.column_names:
-            if "labels" not in dataset.column_names:
-                raise ValueError(
-                    f"the tokenized {split} data set has `input_ids` but no `labels`; add labels (-100 on non-target "
-                    "tokens) or pass `messages` conversations and let the trainer tokenize them"
-                )
-            if "length" not in dataset.column_names:
-                dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc=f"Measuring {split}")
-            too_long = np.flatnonzero(column_array(dataset, "length") > args.max_length) if args.max_length else []
-            if len(too_long):
-                raise ValueError(
-                    f"{len(too_long)} tokenized {split} samples are over max_length={args.max_length} (first: row "
-                    f"{too_long[0]}); truncate or drop them, or pass `messages` so the `overflow` policy applies"
-                )
-            return dataset
-        tokenized, _ = prepare_sft_dataset(
-            dataset, tokenizer, args.max_length, overflow=args.overflow, bad_rows=args.bad_rows,
-            num_proc=args.dataset_num_proc, source=f"{split} data set",
-        )  # fmt: skip
-        return tokenized
-
-    @classmethod
-    def _tokenize_eval(cls, eval_dataset, tokenizer, args: LongAlignConfig):
-        if isinstance(eval_dataset, dict):
-            return {key: cls._tokenize(value, tokenizer, args, key) for key, value in eval_dataset.items()}
-        return cls._tokenize(eval_dataset, tokenizer, args, "eval")
-
     def _packs_eval(self) -> bool:
         return self.args.batching == "pack" if self.args.eval_packing is None else bool(self.args.eval_packing)
 
@@ -217,66 +128,13 @@ class LongAlignSFTTrainer(SFTTrainer):
             return eval_dataset
         return self._pack(eval_dataset)
 
+    def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> datasets.Dataset:
+        return pack_with_costs(dataset, self.args, self._attention_cost_constant(), self._data_seed, multiple_of)
+
     def _attention_cost_constant(self) -> float:
         if self.args.attention_cost_constant is not None:
             return self.args.attention_cost_constant
         return 6.0 * self.model.config.get_text_config().hidden_size
-
-    def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> datasets.Dataset:
-        constant = self._attention_cost_constant()
-        packed = pack_dataset(
-            dataset, self.args.max_length, strategy=self.args.pack_planner, multiple_of=multiple_of,
-            attention_constant=constant,
-        )  # fmt: skip
-        seq_lengths = packed.select_columns(["seq_lengths"]).with_format("arrow")[:]["seq_lengths"].combine_chunks()
-        sample_costs = sample_cost(seq_lengths.flatten().to_numpy(), constant)
-        costs = np.add.reduceat(sample_costs, seq_lengths.offsets.to_numpy()[:-1]).astype(float)  # no pack is empty
-        packed = packed.add_column("cost", costs.tolist())
-        num_samples = column_array(packed, "num_samples")
-        devices, per_device = self.args.world_size, self.args.per_device_train_batch_size
-        packs_per_step = devices * per_device * self.args.gradient_accumulation_steps
-        balance = {
-            name: step_efficiency(
-                costs, balanced_pack_order(costs, packs_per_step, self._data_seed, balanced), devices, per_device
-            )
-            for name, balanced in (("balanced", True), ("random", False))
-        }
-        fill = column_array(packed, "length").sum() / (len(packed) * self.args.max_length)
-        logger.info(
-            "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
-            "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
-            num_samples.sum(), len(packed), num_samples.mean(), fill, self.args.max_length, self.args.pack_schedule,
-            devices, constant, balance["balanced"], balance["random"],
-        )  # fmt: skip
-        return packed
-
-    def _check_attention_isolation(self) -> None:
-        if self.args.batching != "pack":
-            return
-        backend = self.model.config._attn_implementation
-        if backend == "sdpa":
-            # Attention per sample instead of a block-diagonal mask over the whole pack: PyTorch's varlen kernel where
-            # it runs, SDPA per sample elsewhere.
-            if varlen_unavailable() is None:
-                target, how = VARLEN_PACKED, "PyTorch's FlashAttention varlen kernel over cu_seq_lens"
-            else:
-                target, how = PACKED_SDPA, "SDPA per sample, no pack-wide mask"
-            self.model.set_attn_implementation(target)
-            logger.info("Packed rows: attention %r -> %r (%s)", backend, target, how)
-            return
-        if backend in ISOLATING_ATTENTION or hub_kernel_repo(backend) in ISOLATING_ATTENTION:
-            return
-        if hub_kernel_repo(backend) is not None:
-            raise ValueError(
-                f"Hub kernel {backend!r} cannot be trusted to keep packed samples apart: transformers cuts packed rows "
-                "at `cu_seq_lens` only for the kernels it runs through its FlashAttention wrapper, the FlashAttention "
-                f"2/3 builds {', '.join(PACKING_HUB_KERNELS)} (`@revision` allowed). Use one of those, "
-                f"'flash_attention_2' or {VARLEN_PACKED!r} (`--attn_implementation`), or `--batching sort`."
-            )
-        raise ValueError(
-            f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "
-            f"Use one of {', '.join(ISOLATING_ATTENTION)} (`--attn_implementation`), or `--batching sort`."
-        )
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -406,7 +264,7 @@ class LongAlignSFTTrainer(SFTTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         # A data set passed here is prepared like the ones given at construction (TRL's preparation is skipped).
         if eval_dataset is not None and not isinstance(eval_dataset, str):
-            eval_dataset = self._pack_eval(self._tokenize_eval(eval_dataset, self.processing_class, self.args))
+            eval_dataset = self._pack_eval(tokenize_eval(eval_dataset, self.processing_class, self.args))
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def predict(self, *args, **kwargs):
@@ -427,25 +285,3 @@ class LongAlignSFTTrainer(SFTTrainer):
         local_tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
         self._total_train_tokens += gather(local_tokens.to(num_valid.device)).sum().item()
         self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
-
-
-def _refuse_unsupported_arguments(kwargs: dict) -> None:
-    """Refuse `SFTTrainer` arguments whose effect LongAlign's data path or loss would silently drop."""
-    if kwargs.get("formatting_func") is not None:
-        raise ValueError(
-            "`formatting_func` is not supported: LongAlignSFTTrainer renders `messages` through the chat template "
-            "itself (assistant-only targets). Map your rows to `messages` first, or pass tokenized `input_ids` with "
-            "`labels`."
-        )
-    if kwargs.get("compute_loss_func") is not None:
-        raise ValueError(
-            "`compute_loss_func` is not supported: LongAlignSFTTrainer's loss is the LongAlign-weighted NLL "
-            "(`loss_weighting`). Subclass LongAlignSFTTrainer and override `compute_loss` for another objective."
-        )
-    for name in ("compute_metrics", "preprocess_logits_for_metrics"):
-        if kwargs.get(name) is not None:
-            raise ValueError(
-                f"`{name}` is not supported: the loss comes from chunked log-probabilities, so no logits are built "
-                "to pass to it. Evaluation reports the exact `eval_loss`, `eval_entropy` and "
-                "`eval_mean_token_accuracy`; for generation metrics use `longalign eval` on the saved model."
-            )

@@ -1,12 +1,11 @@
 """Which attention backend the recipe picks, and which backends (Hub kernels included) may train packed rows."""
 
-from types import SimpleNamespace
-
 import pytest
 
 from longalign_hf import LongAlignSFTTrainer
 from longalign_hf.training import attention, varlen_attention
 from longalign_hf.training.attention import PACKING_HUB_KERNELS, choose_attention, hub_kernel_repo
+from longalign_hf.training.checks import packing_attention
 from longalign_hf.training.varlen_attention import VARLEN_PACKED
 
 
@@ -74,10 +73,8 @@ def test_hub_kernel_names_are_read_like_transformers_does(name, repo):
 
 
 def _check(backend):
-    """The trainer's pack-isolation check on a model whose attention is `backend` (no model or data needed)."""
-    trainer = SimpleNamespace(args=SimpleNamespace(batching="pack"), model=SimpleNamespace(config=SimpleNamespace(
-        _attn_implementation=backend)))  # fmt: skip
-    LongAlignSFTTrainer._check_attention_isolation(trainer)
+    """The trainer's pack-isolation check for a model whose attention is `backend` (no model or data needed)."""
+    assert packing_attention(backend) == backend
 
 
 @pytest.mark.parametrize(
@@ -134,11 +131,11 @@ def test_hub_kernels_accepted_are_the_flash_attention_builds_transformers_itself
 def test_plain_sdpa_packs_through_the_varlen_kernel_where_it_runs(tokenizer, tmp_path, monkeypatch, missing, expected):
     import datasets
 
-    import longalign_hf.training.trainer as trainer_module
+    import longalign_hf.training.checks as checks_module
     from longalign_hf import LongAlignConfig
     from longalign_hf.tiny import build_tiny_model
 
-    monkeypatch.setattr(trainer_module, "varlen_unavailable", lambda: missing)
+    monkeypatch.setattr(checks_module, "varlen_unavailable", lambda: missing)
     model = build_tiny_model(tokenizer)
     model.config._attn_implementation = "sdpa"
     args = LongAlignConfig(output_dir=str(tmp_path), max_length=64, use_cpu=True, report_to="none")

@@ -5,14 +5,8 @@ import random
 import numpy as np
 import pytest
 
-from longalign_hf.training.packing import (
-    balanced_pack_order,
-    pack_cost,
-    pack_stats,
-    plan_packs,
-    sample_cost,
-    split_packs,
-)
+from longalign_hf.training.packing import pack_stats, plan_packs
+from longalign_hf.training.schedule import balanced_pack_order, pack_cost, sample_cost, split_packs
 
 
 def reference_next_fit(lengths, max_length):

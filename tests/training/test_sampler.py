@@ -8,8 +8,8 @@ import pytest
 from accelerate.data_loader import BatchSamplerShard, SkipBatchSampler
 from torch.utils.data import BatchSampler
 
-from longalign_hf.training.packing import balanced_pack_order
 from longalign_hf.training.sampler import SortedBatchSampler
+from longalign_hf.training.schedule import balanced_pack_order
 
 
 def lengths_of(n, seed=0):

@@ -107,16 +107,16 @@ def test_data_is_prepared_on_the_main_process_first(tokenizer, tmp_path, monkeyp
         events.append("enter")
         return original(self, *args, **kwargs)
 
-    import longalign_hf.training.trainer as trainer_module
+    import longalign_hf.training.preparation as preparation_module
 
-    prepare = trainer_module.prepare_sft_dataset
+    prepare = preparation_module.prepare_sft_dataset
 
     def recording_prepare(*args, **kwargs):
         events.append("tokenize")
         return prepare(*args, **kwargs)
 
     monkeypatch.setattr(LongAlignConfig, "main_process_first", recording)
-    monkeypatch.setattr(trainer_module, "prepare_sft_dataset", recording_prepare)
+    monkeypatch.setattr(preparation_module, "prepare_sft_dataset", recording_prepare)
     _trainer(tokenizer, _config(tmp_path), rows=CHAT)
     assert events[:2] == ["enter", "tokenize"]
 

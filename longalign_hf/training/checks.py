@@ -1,0 +1,86 @@
+"""What `LongAlignSFTTrainer` refuses, and why: parallelism that splits samples across ranks, attention that lets packed
+samples see each other, and `SFTTrainer` arguments whose effect its loss or data path would drop."""
+
+from __future__ import annotations
+
+import logging
+
+from longalign_hf.training.attention import PACKING_HUB_KERNELS, hub_kernel_repo, varlen_unavailable
+from longalign_hf.training.packed_attention import PACKED_SDPA
+from longalign_hf.training.varlen_attention import VARLEN_PACKED
+
+logger = logging.getLogger(__name__)
+
+# Attention backends that keep packed samples apart: eager/sdpa through the block-diagonal mask that transformers
+# derives from restarting position ids; sdpa_packed, varlen_packed, FlashAttention and its Hub kernels (any revision)
+# through `cu_seq_lens`.
+ISOLATING_ATTENTION = (
+    "eager", "sdpa", PACKED_SDPA, VARLEN_PACKED, "flash_attention_2", "flash_attention_3", *PACKING_HUB_KERNELS,
+)  # fmt: skip
+
+
+def check_parallelism(config) -> None:
+    """Refuse a parallelism config (from the training arguments or the launcher) that splits samples across ranks."""
+    if config is None:
+        return
+    if config.cp_size > 1:
+        raise ValueError(
+            "context parallelism (`cp_size > 1`) cannot keep packed samples apart (ring attention drops the "
+            "per-sample mask, so samples would attend to each other) and splits samples across ranks, so LongAlign "
+            "weighting would not be exact. Set `cp_size: 1` in the accelerate config / `parallelism_config`."
+        )
+    if config.tp_size > 1 or getattr(config, "sp_size", 1) > 1:
+        raise ValueError(
+            "LongAlign loss weighting is exact for data parallelism (DDP, DeepSpeed ZeRO, FSDP) only; tensor and "
+            "sequence parallelism split samples across ranks. Set `tp_size: 1` and `sp_size: 1` in the accelerate "
+            "config / `parallelism_config`."
+        )
+
+
+def packing_attention(backend: str) -> str:
+    """The attention backend a packed row runs with instead of `backend`: itself where it keeps packed samples apart,
+    a per-sample backend for plain `sdpa`; raises for a backend that would let samples attend to each other."""
+    if backend == "sdpa":
+        # Attention per sample instead of a block-diagonal mask over the whole pack: PyTorch's varlen kernel where
+        # it runs, SDPA per sample elsewhere.
+        if varlen_unavailable() is None:
+            target, how = VARLEN_PACKED, "PyTorch's FlashAttention varlen kernel over cu_seq_lens"
+        else:
+            target, how = PACKED_SDPA, "SDPA per sample, no pack-wide mask"
+        logger.info("Packed rows: attention %r -> %r (%s)", backend, target, how)
+        return target
+    if backend in ISOLATING_ATTENTION or hub_kernel_repo(backend) in ISOLATING_ATTENTION:
+        return backend
+    if hub_kernel_repo(backend) is not None:
+        raise ValueError(
+            f"Hub kernel {backend!r} cannot be trusted to keep packed samples apart: transformers cuts packed rows "
+            "at `cu_seq_lens` only for the kernels it runs through its FlashAttention wrapper, the FlashAttention "
+            f"2/3 builds {', '.join(PACKING_HUB_KERNELS)} (`@revision` allowed). Use one of those, "
+            f"'flash_attention_2' or {VARLEN_PACKED!r} (`--attn_implementation`), or `--batching sort`."
+        )
+    raise ValueError(
+        f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "
+        f"Use one of {', '.join(ISOLATING_ATTENTION)} (`--attn_implementation`), or `--batching sort`."
+    )
+
+
+def refuse_unsupported_arguments(kwargs: dict) -> None:
+    """Refuse `SFTTrainer` arguments whose effect LongAlign's data path or loss would silently drop."""
+    if kwargs.get("formatting_func") is not None:
+        raise ValueError(
+            "`formatting_func` is not supported: LongAlignSFTTrainer renders `messages` through the chat template "
+            "itself (assistant-only targets). Map your rows to `messages` first, or pass tokenized `input_ids` with "
+            "`labels`."
+        )
+    if kwargs.get("compute_loss_func") is not None:
+        raise ValueError(
+            "`compute_loss_func` is not supported: LongAlignSFTTrainer's loss is the LongAlign-weighted NLL "
+            "(`loss_weighting`). Subclass LongAlignSFTTrainer and override `compute_loss` for another objective."
+        )
+    for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"`{name}` is not supported: the loss comes from chunked log-probabilities, so no logits are built "
+                "to pass to it. Evaluation reports the exact `eval_loss`, `eval_entropy` and "
+                "`eval_mean_token_accuracy`; for generation metrics use `longalign eval` on the saved model."
+            )

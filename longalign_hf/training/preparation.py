@@ -1,0 +1,111 @@
+"""The trainer's data before training: the chat template settings applied, conversations tokenized with assistant-only
+targets (or tokenized rows checked), and packs with the compute cost the balanced schedule orders them by."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import datasets
+import numpy as np
+
+from longalign_hf.data.sft_data import prepare_sft_dataset
+from longalign_hf.training.config import LongAlignConfig
+from longalign_hf.training.packed_dataset import column_array, pack_dataset
+from longalign_hf.training.schedule import balanced_pack_order, sample_cost, step_efficiency
+
+logger = logging.getLogger(__name__)
+
+
+def apply_template_settings(model, tokenizer, args: LongAlignConfig):
+    """Apply `chat_template_path` and `eos_token` before tokenizing (TRL applies them after its own data
+    preparation, which we skip, so the conversations would be rendered with the old template)."""
+    if args.eos_token is not None:
+        if args.eos_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"`eos_token` {args.eos_token!r} is not in the tokenizer's vocabulary; give a token it has"
+            )
+        tokenizer.eos_token = args.eos_token
+    path = args.chat_template_path
+    if path is None:
+        return model
+    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+        return model
+    if isinstance(model, str):
+        raise ValueError(
+            f"`chat_template_path={path!r}` clones another tokenizer's template, which resizes the model's "
+            "embeddings: pass the model loaded (`AutoModelForCausalLM.from_pretrained`) instead of its name, or "
+            "give the template as a .jinja file."
+        )
+    from trl import clone_chat_template
+
+    # TRL applies it again in `SFTTrainer.__init__`; the second time adds no token and changes nothing.
+    model, _, _ = clone_chat_template(model, tokenizer, path)
+    return model
+
+
+def tokenize(dataset, tokenizer, args: LongAlignConfig, split: str):
+    """A `messages` data set tokenized with assistant-only targets, or a tokenized one checked against `max_length`."""
+    if dataset is None:
+        return None
+    if not isinstance(dataset, datasets.Dataset):
+        raise TypeError(f"the {split} data set must be a `datasets.Dataset` (streaming is not supported for packing)")
+    if "input_ids" in dataset.column_names:
+        if "labels" not in dataset.column_names:
+            raise ValueError(
+                f"the tokenized {split} data set has `input_ids` but no `labels`; add labels (-100 on non-target "
+                "tokens) or pass `messages` conversations and let the trainer tokenize them"
+            )
+        if "length" not in dataset.column_names:
+            dataset = dataset.map(lambda row: {"length": len(row["input_ids"])}, desc=f"Measuring {split}")
+        too_long = np.flatnonzero(column_array(dataset, "length") > args.max_length) if args.max_length else []
+        if len(too_long):
+            raise ValueError(
+                f"{len(too_long)} tokenized {split} samples are over max_length={args.max_length} (first: row "
+                f"{too_long[0]}); truncate or drop them, or pass `messages` so the `overflow` policy applies"
+            )
+        return dataset
+    tokenized, _ = prepare_sft_dataset(
+        dataset, tokenizer, args.max_length, overflow=args.overflow, bad_rows=args.bad_rows,
+        num_proc=args.dataset_num_proc, source=f"{split} data set",
+    )  # fmt: skip
+    return tokenized
+
+
+def tokenize_eval(eval_dataset, tokenizer, args: LongAlignConfig):
+    """`tokenize` for an evaluation set, or for each set of a dict of them (named by their keys)."""
+    if isinstance(eval_dataset, dict):
+        return {key: tokenize(value, tokenizer, args, key) for key, value in eval_dataset.items()}
+    return tokenize(eval_dataset, tokenizer, args, "eval")
+
+
+def pack_with_costs(
+    dataset: datasets.Dataset, args: LongAlignConfig, constant: float, seed: int, multiple_of: int = 1
+) -> datasets.Dataset:
+    """`pack_dataset` plus each pack's compute `cost` (the balanced schedule's key), with one log line on the packing
+    and the step balance it allows."""
+    packed = pack_dataset(
+        dataset, args.max_length, strategy=args.pack_planner, multiple_of=multiple_of,
+        attention_constant=constant,
+    )  # fmt: skip
+    seq_lengths = packed.select_columns(["seq_lengths"]).with_format("arrow")[:]["seq_lengths"].combine_chunks()
+    sample_costs = sample_cost(seq_lengths.flatten().to_numpy(), constant)
+    costs = np.add.reduceat(sample_costs, seq_lengths.offsets.to_numpy()[:-1]).astype(float)  # no pack is empty
+    packed = packed.add_column("cost", costs.tolist())
+    num_samples = column_array(packed, "num_samples")
+    devices, per_device = args.world_size, args.per_device_train_batch_size
+    packs_per_step = devices * per_device * args.gradient_accumulation_steps
+    balance = {
+        name: step_efficiency(costs, balanced_pack_order(costs, packs_per_step, seed, balanced), devices, per_device)
+        for name, balanced in (("balanced", True), ("random", False))
+    }
+    fill = column_array(packed, "length").sum() / (len(packed) * args.max_length)
+    logger.info(
+        "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
+        "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
+        num_samples.sum(), len(packed), num_samples.mean(), fill, args.max_length, args.pack_schedule,
+        devices, constant, balance["balanced"], balance["random"],
+    )  # fmt: skip
+    return packed
