@@ -19,14 +19,9 @@ import sys
 from pathlib import Path
 
 from longalign_hf.evaluation import run_folder
-from longalign_hf.evaluation.longbench_chat.runner import (
-    add_arguments,
-    default_output_dir,
-    format_summary,
-    options_from_args,
-    run_longbench_chat,
-    shortfall,
-)
+from longalign_hf.evaluation.longbench_chat.command import add_arguments, options_from_args
+from longalign_hf.evaluation.longbench_chat.runner import default_output_dir, run_longbench_chat
+from longalign_hf.evaluation.longbench_chat.summary import format_summary, shortfall
 
 
 def _without_keys(argv: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Errors a user can act on, and the JSON-lines reader every loader shares, so bad files always say where and why.
+"""Errors a user can act on, and the JSON-lines reader and row locator every loader shares, so bad data says where.
 
 Stdlib only: the `longalign` command imports this before it knows which subcommand runs.
 """
@@ -49,6 +49,25 @@ def iter_jsonl(path: str | os.PathLike, *, skip_cut_last_line: bool = False) -> 
             raise UserInputError(
                 f"{path}, line {number}: not valid JSON ({reason}); fix or delete that line"
             ) from None
+
+
+def row_location(source: str, index: int) -> str:
+    """Where row `index` (from 0) of a data source is, for an error message: its line for a local .jsonl file.
+
+    Example:
+        >>> import tempfile
+        >>> path = tempfile.mkdtemp() + "/rows.jsonl"
+        >>> _ = open(path, "w").write('{"a": 1}\\n\\n{"a": 2}\\n')
+        >>> row_location(path, 1).removeprefix(path)
+        ', line 3'
+        >>> row_location("org/name", 1)
+        'org/name: row 1 (rows count from 0)'
+    """
+    if os.path.isfile(source) and source.lower().endswith(".jsonl"):
+        for position, (number, _) in enumerate(iter_jsonl(source)):
+            if position == index:
+                return f"{source}, line {number}"
+    return f"{source}: row {index} (rows count from 0)"
 
 
 def check_data_file(path: str | os.PathLike) -> None:

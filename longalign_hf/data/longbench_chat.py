@@ -20,12 +20,12 @@ reads them from a local folder (`data_dir`) or downloads them and yields those r
 Configs: `all` (default), `en` and `zh`. The Hub-ready folder (`write_hub_folder`) holds a config only when the
 source has a case for it: from a source with English cases only, `datasets.load_dataset(OUT, "zh")` raises
 `BuilderConfig 'zh' not found. Available: ['all', 'en']` rather than loading an empty split (the build logs that it
-left `zh` out), and the builder's `zh` config raises a `UserInputError` saying so.
+left `zh` out), and the builder's `zh` config raises a `UserInputError` saying so. The folder's dataset card is written
+by `longalign_hf.data.longbench_chat_card`, the command line is `longalign_hf.data.longbench_chat_command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -33,12 +33,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from longalign_hf.data.hub import check_out_folder, push_hub_folder, staged_folder
+from longalign_hf.data.hub import check_out_folder, staged_folder
 from longalign_hf.errors import UserInputError
 
 if TYPE_CHECKING:
     import datasets
-    from huggingface_hub import DatasetCard, DatasetCardData
 
 logger = logging.getLogger(__name__)
 
@@ -194,74 +193,6 @@ def read_source(paths: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def _dataset_card(card_data: DatasetCardData, counts: dict[str, int], repo_id: str | None) -> DatasetCard:
-    from huggingface_hub import DatasetCard
-
-    from longalign_hf.data.longbench_chat_format import CITATION
-
-    location = repo_id or "path/to/this/folder"
-    rows = "\n".join(f"| `{name}` | {counts[name]} |" for name in counts)
-    missing = [name for name in CONFIG_NAMES if name not in counts]
-    if missing:
-        rows += "\n\n" + " ".join(
-            f"The source has no {LANGUAGE_NAMES[name]} case, so there is no `{name}` config." for name in missing
-        )
-    example_config = next(name for name in (*LANGUAGE_NAMES, "all") if name in counts)
-    body = f"""
-# LongBench-Chat
-
-{DESCRIPTION}
-
-Each case has a long `prompt` (a document followed by the question), the short `query`, a reference `answer`, and
-`few_shots`: scored example answers that the judge sees with their ratings. A judge LLM rates a model's answer 1-10
-from the query, the reference and the examples (never the document), with the prompt template in `judge_template`
-(the benchmark's `prompt_fs.txt`, repeated in every row).
-
-| config | cases |
-|--------|-------|
-{rows}
-
-```python
-from datasets import load_dataset
-
-dataset = load_dataset("{location}", "{example_config}", split="test")
-```
-
-## Fields
-
-- `idx` (int32): the case number in the source (1-based).
-- `query` (string): the question, the last paragraph of `prompt`.
-- `prompt` (string): document + question, as the model sees it.
-- `answer` (string): the reference answer.
-- `few_shots` (list of `{{answer: string, score: int32}}`): scored example answers for the judge.
-- `language` (string): `en` or `zh`, derived from the share of CJK characters in the query (the source has no
-  language field).
-- `length` (int32): characters in `prompt`; token counts depend on the model's tokenizer.
-- `judge_template` (string): the judge prompt template, with positional `{{}}` slots for the question, the reference,
-  (answer, score) per example, and the answer to rate.
-
-## Scoring
-
-`longalign eval longbench-chat --model MODEL --dataset {location}` (from longalign-hf) generates answers through the
-model's chat template, truncating prompts over the window in the middle, and judges them twice with shuffled
-examples, as the paper does; the `evaluate` metric `longalign_hf.metrics.LONGBENCH_CHAT` scores predictions you
-already have.
-
-## Source and license
-
-Built with `longalign data build longbench-chat` from the files published in
-[THUDM/LongAlign `LongBench_Chat/`]({HOMEPAGE}) ({", ".join(SOURCE_FILES)}; the published `{TEST_CASES}` is git
-blob `{TEST_CASES_GIT_BLOB}`), released under the Apache License 2.0. The data are THUDM's; only the layout is ours.
-
-## Citation
-
-```bibtex
-{CITATION.strip()}
-```
-"""
-    return DatasetCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
-
-
 def check_source_folder(source_dir: str | Path) -> None:
     """Refuse a `--source` that is not a folder (a missing path, or one of the source files themselves)."""
     source = Path(source_dir)
@@ -300,6 +231,7 @@ def write_hub_folder(out_dir: str | Path, source_dir: str | Path | None = None, 
     from huggingface_hub import DatasetCardData
 
     from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
+    from longalign_hf.data.longbench_chat_card import dataset_card
 
     out_dir = Path(out_dir)
     if source_dir is not None:
@@ -354,7 +286,7 @@ def write_hub_folder(out_dir: str | Path, source_dir: str | Path | None = None, 
             for name in counts
         ]
         infos.to_dataset_card_data(card_data)
-        _dataset_card(card_data, counts, repo_id).save(staging / "README.md")
+        dataset_card(card_data, counts, repo_id).save(staging / "README.md")
     return out_dir
 
 
@@ -368,48 +300,3 @@ def _config_info(info: datasets.DatasetInfo, name: str, dataset: datasets.Datase
     info.splits.add(datasets.SplitInfo(name="test", num_examples=len(dataset), num_bytes=dataset.data.nbytes))
     info.dataset_size = dataset.data.nbytes
     return info
-
-
-def _main(args: argparse.Namespace) -> int:
-    out_dir = write_hub_folder(args.out, source_dir=args.source, repo_id=args.push_to_hub)
-    logger.info("Wrote %s; load it with datasets.load_dataset(%r, 'all')", out_dir, str(out_dir))
-    if args.push_to_hub:
-        url = push_hub_folder(
-            out_dir, args.push_to_hub, "Build LongBench-Chat with `longalign data build longbench-chat`", args.private
-        )
-        logger.info("Pushed to %s; load it with datasets.load_dataset(%r, 'all')", url, args.push_to_hub)
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `longalign data build longbench-chat`."""
-    from longalign_hf.data import build_subparsers  # here, not at the top: longalign_hf.data imports this module
-
-    parser = build_subparsers(subparsers).add_parser(
-        "longbench-chat",
-        help="LongBench-Chat: source files -> Hub-ready parquet folder (configs all, en, zh)",
-        description=(
-            "Read LongBench-Chat's test_cases.json, few_shots.json and prompt_fs.txt, check them, and write a "
-            "folder of parquet shards with a dataset card that datasets.load_dataset(OUT, CONFIG) reads offline; "
-            "optionally push it to the Hub."
-        ),
-    )
-    parser.add_argument(
-        "--source",
-        metavar="DIR",
-        help=f"folder with {', '.join(SOURCE_FILES)} (a copy of THUDM/LongAlign LongBench_Chat/); "
-        f"default: download them from {SOURCE_URL}",
-    )
-    parser.add_argument(
-        "--out",
-        metavar="DIR",
-        required=True,
-        help="folder to write the Hub-ready dataset to (changed only once the build succeeds)",
-    )
-    parser.add_argument(
-        "--push-to-hub",
-        metavar="ORG/NAME",
-        help="also upload the folder to this Hub dataset, with your token (HF_TOKEN or `hf auth login`)",
-    )
-    parser.add_argument("--private", action="store_true", help="create the Hub dataset as private")
-    parser.set_defaults(func=_main)

@@ -24,26 +24,28 @@ created with its first record, so a run that produces nothing leaves none behind
 the output, drops a last line cut short by a crash, and gets replies it already paid for from the on-disk cache
 (`OUT.cache/` by default), so failed documents are retried and nothing is paid or written twice.
 
-Sources: a folder of text files (`glob`, default `**/*.txt`; document id: the path under the folder), a .jsonl,
-.json or .parquet file, or a Hub data set id, with a `text_column` (document id: the `id_column`, or `row-N`).
+Sources (`longalign_hf.data.documents.load_documents`): a folder of text files (`glob`, default `**/*.txt`; document
+id: the path under the folder), a .jsonl, .json or .parquet file, or a Hub data set id, with a `text_column`
+(document id: the `id_column`, or `row-N`). The prompts and the parser of their replies are in
+`longalign_hf.data.self_instruct_prompts`, the command line in `longalign_hf.data.self_instruct_command`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import random
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from longalign_hf import command_args
-from longalign_hf.data.sft import DEFAULT_TOKENIZER, load_tokenizer, row_location
+from longalign_hf.data.documents import load_documents
+from longalign_hf.data.self_instruct_prompts import NUM_QUESTIONS, TASK_TYPES, parse_questions, question_prompt
+from longalign_hf.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
 from longalign_hf.errors import UserInputError, iter_jsonl
 
 if TYPE_CHECKING:
@@ -52,144 +54,6 @@ if TYPE_CHECKING:
     from longalign_hf.llm_client import JudgeClient, JudgeResult
 
 logger = logging.getLogger(__name__)
-
-NUM_QUESTIONS = 5
-TASK_TYPES = ("general", "summary", "reasoning", "information_extraction")
-
-# The paper's prompts, placed after the document (its appendix; "diversed" is verbatim), and our translations.
-QUESTION_PROMPTS: dict[str, dict[str, str]] = {
-    "en": {
-        "general": "Given the above text, please propose 5 English questions that are diverse and cover all parts of "
-        'the text, in the following format: "1: ", "2: ", ...',
-        "summary": "Given the above text, please propose 5 English questions that require summarization or "
-        "integration from multiple parts, make sure they are diverse and cover all parts of the text, in the "
-        'following format: "1: ", "2: ", ...',
-        "reasoning": "Given the above text, please propose 5 English questions that require multi-hop reasoning, "
-        'make sure they are diverse and cover all parts of the text, in the following format: "1: ", "2: ", ...',
-        "information_extraction": "Given the above text, please propose 5 English information-seeking questions, "
-        'make sure they are diversed and cover all parts of the text, in the following format: "1: ", "2: ", ...',
-    },
-    "zh": {
-        "general": '请根据以上文本，提出5个多样化且覆盖文本各个部分的中文问题，格式如下："1：", "2：", ...',
-        "summary": "请根据以上文本，提出5个需要对文本多个部分进行总结或整合的中文问题，确保问题多样化且覆盖文本的各个部分，"
-        '格式如下："1：", "2：", ...',
-        "reasoning": '请根据以上文本，提出5个需要多跳推理的中文问题，确保问题多样化且覆盖文本的各个部分，格式如下："1：", "2：", ...',
-        "information_extraction": "请根据以上文本，提出5个信息查找类的中文问题，确保问题多样化且覆盖文本的各个部分，"
-        '格式如下："1：", "2：", ...',
-    },
-}
-
-# A numbered item: "1: ", "1. ", "1) ", "(1)", "1、", "1：", "Q1:", "Question 1.", "问题1：", "- 1.", "**1.**", "**Q1:**".
-# A "." followed by a digit is a decimal ("1.5 million"), not a separator.
-_ITEM = re.compile(
-    r"^\s*(?:[-*•]\s+)?(?:\*\*|__)?\s*(?:(?:Q|Question|问题)\s*)?[(（]?(?P<number>\d{1,2})"
-    r"\s*(?:[:：、)）]|[.．](?!\d))\s*(?:\*\*|__)?\s*(?P<text>.*)$",
-    re.IGNORECASE,
-)
-
-
-def question_prompt(task_type: str, language: str) -> str:
-    """The prompt that asks for 5 questions of `task_type` (one of `TASK_TYPES`), in `language` (`"en"` or `"zh"`)."""
-    return QUESTION_PROMPTS[language][task_type]
-
-
-def _strip_emphasis(text: str) -> str:
-    return text.strip().removeprefix("**").removesuffix("**").strip()
-
-
-def parse_questions(reply: str, num_questions: int = NUM_QUESTIONS) -> list[str] | None:
-    """The first `num_questions` questions of a numbered list in `reply`, or `None` if it has fewer.
-
-    Items are numbered 1, 2, 3, ... in order, one per line, in any of the usual styles ("1: ", "1. ", "1) ", "Q1:",
-    "**1.**", "1：" ...). A line that does not start the next number continues the current question (wrapped lines,
-    or a question on the line after its number) until a blank line; text before item 1 or after the list is ignored.
-    More than `num_questions` items: the first ones are kept.
-
-    Example:
-        >>> parse_questions("Here you go:\\n1: Who?\\n2. What?\\n3) Where\\nexactly?\\nQ4: When?\\n**5.** Why?")
-        ['Who?', 'What?', 'Where exactly?', 'When?', 'Why?']
-        >>> print(parse_questions("1: Who?\\n2: What?"))
-        None
-    """
-    items: list[list[str]] = []
-    open_item = False
-    for line in reply.splitlines():
-        match = _ITEM.match(line)
-        if match and int(match["number"]) == len(items) + 1:
-            items.append([match["text"]] if match["text"].strip() else [])
-            open_item = True
-        elif not line.strip():
-            open_item = open_item and not items[-1]  # a blank line ends a question, unless it has no text yet
-        elif open_item:
-            items[-1].append(line.strip())
-    questions = [_strip_emphasis(" ".join(parts)) for parts in items[:num_questions]]
-    if len(questions) < num_questions or not all(questions):
-        return None
-    return questions
-
-
-def load_documents(
-    source: str,
-    text_column: str = "text",
-    id_column: str | None = None,
-    name: str | None = None,
-    split: str = "train",
-    glob: str = "**/*.txt",
-) -> Iterator[tuple[str, str]]:
-    """Yield `(document id, text)` from a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
-
-    Folder: the files matching `glob`, in sorted order, id = their path under the folder. Data set: rows in order,
-    id = `id_column` (as a string) or `row-N`. A source that cannot be read, holds no documents, or has a row whose
-    text is not a string (a number, a null) raises `UserInputError` naming the file (and line) and what to do.
-    """
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        paths = sorted(path for path in folder.glob(glob) if path.is_file())
-        if not paths:
-            raise UserInputError(
-                f"--docs {source}: no file matches --glob {glob!r}; pass another --glob (e.g. '**/*.md'), or a "
-                ".jsonl/.json/.parquet file or a Hub data set id with a text column"
-            )
-        for path in paths:
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise UserInputError(
-                    f"{path}: not UTF-8 text ({exc}); convert it to UTF-8, remove it, or narrow --glob"
-                ) from None
-            yield path.relative_to(folder).as_posix(), text
-        return
-    if folder.is_file() and folder.suffix.lower() not in (".jsonl", ".json", ".parquet"):
-        raise UserInputError(
-            f"--docs {source}: a {folder.suffix or 'extensionless'} file is not a document source; put the documents "
-            "in a folder (one text file each) and pass the folder, or pass a .jsonl/.json/.parquet file with a text "
-            "column"
-        )
-    from longalign_hf.data.sft_data import load_chat_dataset
-
-    with command_args.quiet_datasets_log():  # its own ERROR lines would come before our one-line reason
-        dataset = load_chat_dataset(source, name=name, split=split)
-    for column, option in ((text_column, "--text-column"), (id_column, "--id-column")):
-        if column is not None and column not in dataset.column_names:
-            raise UserInputError(
-                f"--docs {source}: no column {column!r} (columns: {', '.join(dataset.column_names)}); pass {option}"
-            )
-    if len(dataset) == 0:
-        raise UserInputError(f"--docs {source}: no rows, so no documents; give a source with at least one document")
-    columns = [text_column] + ([id_column] if id_column else [])
-    for index, row in enumerate(dataset.select_columns(columns)):
-        text = row[text_column]
-        if text is None:
-            raise UserInputError(
-                f"{row_location(source, index)}: {text_column!r} is null, not a document; remove the row or give it "
-                "its text (or pass the column that holds the documents as --text-column)"
-            )
-        if not isinstance(text, str):
-            raise UserInputError(
-                f"{row_location(source, index)}: {text_column!r} is not text but {type(text).__name__} {text!r:.40}; "
-                "pass the column that holds the documents as --text-column"
-            )
-        yield (str(row[id_column]) if id_column else f"row-{index}"), text
 
 
 @dataclass
@@ -408,9 +272,9 @@ def generate_long_data(
 ) -> GenerationReport:
     """Generate long-context instruction data from the documents in `docs` into the JSONL file `out` (resumable).
 
-    See the module docstring for the method and the record; `add_parser` documents every option (the CLI's help).
-    The output file is created with its first record, so a run that produces nothing leaves none behind; a document
-    that produces no sample is logged as a warning when it fails and listed in the report's `failed`.
+    See the module docstring for the method and the record; `self_instruct_command` documents every option (the
+    CLI's help). The output file is created with its first record, so a run that produces nothing leaves none behind;
+    a document that produces no sample is logged as a warning when it fails and listed in the report's `failed`.
 
     Args:
         docs: a folder of text files, a .jsonl/.json/.parquet file, or a Hub data set id.
@@ -523,130 +387,3 @@ def generate_long_data(
             len(report.failed),
         )
     return report
-
-
-def _main(args: argparse.Namespace) -> int:
-    report = generate_long_data(
-        args.docs,
-        args.out,
-        args.model,
-        base_url=args.base_url,
-        api_key=args.api_key,
-        num_docs=args.num_docs,
-        tokenizer=args.tokenizer,
-        min_tokens=args.min_tokens,
-        max_tokens=args.max_tokens,
-        text_column=args.text_column,
-        id_column=args.id_column,
-        name=args.config,
-        split=args.split,
-        glob=args.glob,
-        seed=args.seed,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        max_concurrency=args.concurrency,
-        timeout=args.timeout,
-        max_retries=args.max_retries,
-        cache_dir=args.cache_dir,
-        batch_size=args.batch_size,
-    )
-    print(report.summary())
-    if report.failed and not args.allow_incomplete:
-        print(
-            f"{len(report.failed)} documents produced no sample: exit status 1. Rerun the same command to retry them "
-            "(replies already received are cached), or pass --allow-incomplete to exit 0."
-        )
-        return 1
-    return 0
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `longalign data generate`."""
-    parser = subparsers.add_parser(
-        "generate",
-        help="Self-Instruct long-context data from long documents with an LLM (resumable JSONL)",
-        description=__doc__.split("\n\n")[0],
-    )
-    source = parser.add_argument_group("documents")
-    source.add_argument(
-        "--docs",
-        required=True,
-        metavar="SOURCE",
-        help="a folder of text files, a .jsonl/.json/.parquet file with a text column, or a Hub data set id",
-    )
-    source.add_argument("--out", required=True, metavar="FILE", help="JSONL file to append records to (resumable)")
-    source.add_argument(
-        "--num-docs",
-        type=command_args.count,
-        metavar="N",
-        help="stop after N documents within the length bounds (default: all)",
-    )
-    source.add_argument(
-        "--tokenizer",
-        default=DEFAULT_TOKENIZER,
-        metavar="PATH_OR_ID",
-        help="tokenizer of the model you will train, for the length bounds: a Hub id, or a local folder (works "
-        f"offline) (default: {DEFAULT_TOKENIZER}, from the Hub)",
-    )
-    source.add_argument(
-        "--min-tokens",
-        type=command_args.count_or_zero,
-        default=8_000,
-        help="skip shorter documents (default: 8000, the paper's 8k)",
-    )
-    source.add_argument(
-        "--max-tokens",
-        type=command_args.count,
-        default=64_000,
-        help="skip longer documents (default: 64000, the paper's 64k)",
-    )
-    source.add_argument("--text-column", default="text", help="document column of a file or Hub set (default: text)")
-    source.add_argument("--id-column", help="column of unique document ids (default: the row number, row-N)")
-    source.add_argument("--config", help="config (subset) name of a Hub data set")
-    source.add_argument("--split", default="train", help="split of a Hub data set (default: train)")
-    source.add_argument("--glob", default="**/*.txt", help="files of a folder to read (default: **/*.txt)")
-    source.add_argument(
-        "--seed", type=command_args.seed, default=42, help="seed of the task and question draws (default: 42)"
-    )
-
-    llm = parser.add_argument_group("LLM")
-    llm.add_argument("--model", required=True, help="model name the server serves, recorded in every record")
-    llm.add_argument(
-        "--base-url",
-        help="OpenAI-compatible server, e.g. `vllm serve MODEL`: http://localhost:8000/v1 (default: the OpenAI API)",
-    )
-    llm.add_argument("--api-key", help="API key (default: the OPENAI_API_KEY environment variable, safer than this)")
-    llm.add_argument(
-        "--temperature",
-        type=command_args.at_least_zero,
-        default=1.0,
-        help="sampling temperature (default: 1.0, the API default; the paper does not give one)",
-    )
-    llm.add_argument("--max-new-tokens", type=command_args.count, help="cap on reply tokens (default: the server's)")
-    llm.add_argument("--concurrency", type=command_args.count, default=8, help="requests in flight (default: 8)")
-    llm.add_argument(
-        "--timeout",
-        type=command_args.positive,
-        default=600.0,
-        help="seconds to wait for one reply (default: 600, long prompts)",
-    )
-    llm.add_argument(
-        "--max-retries",
-        type=command_args.count_or_zero,
-        default=5,
-        help="retries per call after an error or a bad reply (5)",
-    )
-    llm.add_argument("--cache-dir", help="reply cache, what makes reruns free (default: OUT.cache next to --out)")
-    llm.add_argument(
-        "--batch-size",
-        type=command_args.count,
-        default=64,
-        help="documents held in memory and asked at a time (default: 64)",
-    )
-    parser.add_argument(
-        "--allow-incomplete",
-        action="store_true",
-        help="exit 0 even when some documents could not be turned into samples (default: exit 1; they are retried "
-        "by the next run)",
-    )
-    parser.set_defaults(func=_main)

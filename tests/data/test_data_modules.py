@@ -8,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
+import longalign_hf.data.conversations
+import longalign_hf.data.documents
 import longalign_hf.data.hub
+import longalign_hf.data.length_stats
 import longalign_hf.data.longbench_chat
 import longalign_hf.data.longbench_chat_builder
+import longalign_hf.data.longbench_chat_card
 import longalign_hf.data.self_instruct
+import longalign_hf.data.self_instruct_prompts
 import longalign_hf.data.sft
+import longalign_hf.data.sft_card
+import longalign_hf.data.tokenizer
 
 PACKAGE = Path(longalign_hf.data.sft.__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "datasets", "evaluate", "openai", "matplotlib", "numpy", "trl", "huggingface_hub")
@@ -21,10 +28,17 @@ HEAVY = ("torch", "transformers", "datasets", "evaluate", "openai", "matplotlib"
 @pytest.mark.parametrize(
     ("module", "examples"),
     [
-        (longalign_hf.data.self_instruct, 2),
-        (longalign_hf.data.sft, 6),
+        (longalign_hf.data.self_instruct_prompts, 2),
+        (longalign_hf.data.documents, 0),
+        (longalign_hf.data.self_instruct, 0),
+        (longalign_hf.data.conversations, 1),
+        (longalign_hf.data.length_stats, 0),
+        (longalign_hf.data.tokenizer, 0),
+        (longalign_hf.data.sft_card, 0),
+        (longalign_hf.data.sft, 0),
         (longalign_hf.data.longbench_chat, 1),
         (longalign_hf.data.longbench_chat_builder, 0),
+        (longalign_hf.data.longbench_chat_card, 0),
         (longalign_hf.data.hub, 0),
     ],
     ids=lambda value: getattr(value, "__name__", str(value)),
@@ -47,7 +61,7 @@ for name, folder in (("longalign_hf", root), ("longalign_hf.data", root / "data"
     sys.modules[name] = package
 sys.modules["longalign_hf.data"].build_subparsers = lambda subparsers: subparsers
 subparsers = argparse.ArgumentParser().add_subparsers()
-for module in ("self_instruct", "sft", "longbench_chat"):
+for module in ("self_instruct_command", "sft_command", "longbench_chat_command"):
     importlib.import_module(f"longalign_hf.data.{module}").add_parser(subparsers)
 print(json.dumps({"commands": sorted(subparsers.choices), "heavy": sorted(set(sys.argv[2:]) & set(sys.modules))}))
 """

@@ -10,8 +10,11 @@ import yaml
 
 from longalign_hf import cli
 from longalign_hf.data import sft
-from longalign_hf.data.sft import build_sft_dataset, clean_conversation, normalize_conversation, token_lengths
+from longalign_hf.data.conversations import clean_conversation, normalize_conversation
+from longalign_hf.data.length_stats import token_lengths
+from longalign_hf.data.sft import build_sft_dataset
 from longalign_hf.data.sft_data import load_chat_dataset, prepare_sft_dataset
+from longalign_hf.data.tokenizer import load_tokenizer
 from longalign_hf.errors import UserInputError
 
 
@@ -252,7 +255,7 @@ def test_a_failed_build_leaves_out_as_it_was(tmp_path, tokenizer, monkeypatch):
 
     out = tmp_path / "mix"
     with monkeypatch.context() as patch:
-        patch.setattr(sft, "_plot_lengths", plot_fails)
+        patch.setattr(sft, "plot_lengths", plot_fails)
         with pytest.raises(OSError, match="No space left"):
             build_sft_dataset(long, short, out, tokenizer=tokenizer)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["long.jsonl", "sharegpt.json"]
@@ -261,7 +264,7 @@ def test_a_failed_build_leaves_out_as_it_was(tmp_path, tokenizer, monkeypatch):
     (out / "NOTES.md").write_text("mine", encoding="utf-8")
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     with monkeypatch.context() as patch:
-        patch.setattr(sft, "_plot_lengths", plot_fails)
+        patch.setattr(sft, "plot_lengths", plot_fails)
         with pytest.raises(OSError, match="No space left"):
             build_sft_dataset(long, short, out, tokenizer=tokenizer, seed=2, short_ratio=0.5)
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
@@ -279,9 +282,9 @@ def test_a_tokenizer_that_cannot_be_loaded_says_to_pass_tokenizer(tmp_path, monk
                        r"`--tokenizer PATH_OR_ID`.*a local folder"):  # fmt: skip
         build_sft_dataset(long, short, tmp_path / "out", tokenizer="longalign-tests/no-such-tokenizer")
     with pytest.raises(UserInputError, match=r"the tokenizer '\./no-such-folder' \(no such folder\)"):
-        sft.load_tokenizer("./no-such-folder")
+        load_tokenizer("./no-such-folder")
     with pytest.raises(UserInputError, match=rf"the tokenizer '{tmp_path}' \(.*\); pass `--tokenizer PATH_OR_ID`"):
-        sft.load_tokenizer(str(tmp_path))  # a folder without tokenizer files
+        load_tokenizer(str(tmp_path))  # a folder without tokenizer files
     assert not (tmp_path / "out").exists()
 
 
@@ -304,7 +307,7 @@ def test_a_tokenizer_folder_without_tokenizer_files_says_what_it_lacks(tmp_path,
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(UserInputError, match=r"model' \(the folder holds no tokenizer file: none of tokenizer.json"):
-        sft.load_tokenizer(str(tmp_path / "model"))
+        load_tokenizer(str(tmp_path / "model"))
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ for name, path in (("longalign_hf", root), ("longalign_hf.evaluation", root / "e
     package = types.ModuleType(name)
     package.__path__ = [str(path)]
     sys.modules[name] = package
-import longalign_hf.evaluation.longbench_chat.runner as longbench_chat
-import longalign_hf.evaluation.needle.runner as needle
+import longalign_hf.evaluation.longbench_chat.command as longbench_chat
+import longalign_hf.evaluation.needle.command as needle
 
 parser = argparse.ArgumentParser()
 subparsers = parser.add_subparsers()

@@ -21,7 +21,7 @@ from loopback_server import LoopbackServer, Reply
 from longalign_hf import cli
 from longalign_hf.errors import UserInputError
 from longalign_hf.evaluation import generate_chat_answers, middle_truncate, truncate_prompts
-from longalign_hf.evaluation.longbench_chat import runner as longbench_chat
+from longalign_hf.evaluation.longbench_chat import command as longbench_chat
 from longalign_hf.evaluation.longbench_chat.scoring import JUDGE_SYSTEM_PROMPT
 from longalign_hf.metrics import LONGBENCH_CHAT
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model

@@ -1,0 +1,79 @@
+"""What a needle run amounts to: mean scores per probe, length and depth (`summarize`), what it lacks (`shortfall`)
+and its Markdown summary (`format_summary`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from statistics import mean
+from typing import Any
+
+from longalign_hf.evaluation.needle.probes import DEPTH_TOLERANCE
+
+
+def _mean_by(records: Sequence[dict[str, Any]], key: str, value_key: str) -> dict[str, float]:
+    groups: dict[Any, list[float]] = {}
+    for record in records:
+        if record.get(value_key) is not None:
+            groups.setdefault(record[key], []).append(record[value_key])
+    return {_label(group): mean(values) for group, values in sorted(groups.items())}
+
+
+def _label(number: float) -> str:
+    """`1000` -> `"1000"`, `50.0` -> `"50"`, `12.5` -> `"12.5"`: keys of the per-length and per-depth scores."""
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def summarize(records: Sequence[dict[str, Any]], value_key: str) -> dict[str, Any]:
+    """The mean of `value_key` over the records that have one (overall, per length, per depth) and their number."""
+    values = [record[value_key] for record in records if record.get(value_key) is not None]
+    return {
+        "mean": mean(values) if values else None,
+        "num_scored": len(values),
+        "by_length": _mean_by(records, "length", value_key),
+        "by_depth": _mean_by(records, "depth", value_key),
+    }
+
+
+def off_depth(record: dict[str, Any]) -> bool:
+    """Whether the (asked) needle reached a depth more than `DEPTH_TOLERANCE` points from the asked one."""
+    return abs((record.get("needle_depths") or [record["depth"]])[0] - record["depth"]) > DEPTH_TOLERANCE
+
+
+def shortfall(results: dict[str, Any]) -> str | None:
+    """What a `run_needle` result lacks, as one sentence; `None` when nothing is missing."""
+    if not results["num_unscored"]:
+        return None
+    num_single = results["judge_scores"]["single"]["num_scored"] + results["num_unscored"]
+    return (
+        f"{results['model']}: {results['num_unscored']} of {num_single} single-needle answers have no rating from the "
+        f"judge {results['judge_model']}"
+    )
+
+
+def format_summary(results: dict[str, Any]) -> str:
+    """A Markdown table of `run_needle` results: one row per probe (and judge score), mean score overall and per
+    length (scores 0-1, judge ratings 1-10); then what is missing or off, if anything."""
+    lengths = [_label(length) for length in results["lengths"]]
+    header = ["probe", "mean", *lengths]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = [(probe, scores) for probe, scores in results["scores"].items()]
+    rows += [(f"{probe} (judge 1-10)", scores) for probe, scores in results.get("judge_scores", {}).items()]
+    for name, scores in rows:
+        cells = [scores["by_length"].get(length) for length in lengths]
+        values = [scores["mean"], *cells]
+        lines.append("| " + " | ".join([name, *("-" if v is None else f"{v:.2f}" for v in values)]) + " |")
+    lines.append(f"\nmodel: {results['model']}; depths: {', '.join(map(_label, results['depths']))}")
+    if results.get("judge_model"):
+        lines.append(f"judge: {results['judge_model']}")
+    for skipped in results["skipped"]:
+        lines.append(f"skipped length {skipped['length']}: {skipped['reason']}")
+    if results["num_off_depth"]:
+        lines.append(
+            f"{results['num_off_depth']} needles sit more than {results['depth_tolerance']:g} points from their asked "
+            "depth (the haystack's sentences are long for the length): their heatmap cells show the depth reached"
+        )
+    if shortfall(results) is not None:
+        lines.append(f"**Incomplete:** {shortfall(results)}.")
+    for name in results["heatmaps_skipped"]:
+        lines.append(f"{name} not drawn: no record has a value to show")
+    return "\n".join(lines)
