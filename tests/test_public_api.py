@@ -29,3 +29,32 @@ def test_importing_the_package_loads_no_heavy_library():
     )
     completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert completed.stdout.strip() == "[]", completed.stderr
+
+
+def test_names_documented_in_subpackages_resolve():
+    import longalign_hf.evaluation as evaluation
+
+    for name in evaluation.__all__:
+        assert getattr(evaluation, name) is not None, name
+    from longalign_hf.data import LongBenchChatBuilder, build_subparsers  # noqa: F401
+    from longalign_hf.metrics import LONGBENCH_CHAT  # noqa: F401
+
+
+def test_the_commands_and_their_flags_are_the_documented_ones():
+    from longalign_hf.cli import build_parser
+
+    parser = build_parser()
+    commands = {
+        ("data", "generate"): ["--docs", "--out", "--model", "--tokenizer", "--num-docs", "--allow-incomplete"],
+        ("data", "build", "sft"): ["--long", "--short", "--short-ratio", "--out", "--tokenizer", "--push-to-hub"],
+        ("data", "build", "longbench-chat"): ["--source", "--out", "--push-to-hub"],
+        ("eval", "longbench-chat"): ["--model", "--dataset", "--judge-model", "--judge-base-url", "--allow-incomplete"],
+        ("eval", "needle"): ["--model", "--lengths", "--depths", "--probes", "--haystack-dir", "--allow-incomplete"],
+    }
+    for path, flags in commands.items():
+        action_parser = parser
+        for word in path:
+            subparsers = next(a for a in action_parser._actions if a.__class__.__name__ == "_SubParsersAction")
+            action_parser = subparsers.choices[word]
+        options = {option for action in action_parser._actions for option in action.option_strings}
+        assert set(flags) <= options, (path, set(flags) - options)
