@@ -48,7 +48,13 @@ def test_the_commands_and_their_flags_are_the_documented_ones():
         ("data", "generate"): ["--docs", "--out", "--model", "--tokenizer", "--num-docs", "--allow-incomplete"],
         ("data", "build", "sft"): ["--long", "--short", "--short-ratio", "--out", "--tokenizer", "--push-to-hub"],
         ("data", "build", "longbench-chat"): ["--source", "--out", "--push-to-hub"],
-        ("eval", "longbench-chat"): ["--model", "--dataset", "--judge-model", "--judge-base-url", "--allow-incomplete"],
+        ("eval", "longbench-chat"): [
+            "--model",
+            "--dataset",
+            "--judge-model",
+            "--judge-base-url",
+            "--allow-incomplete",
+        ],
         ("eval", "needle"): ["--model", "--lengths", "--depths", "--probes", "--haystack-dir", "--allow-incomplete"],
     }
     for path, flags in commands.items():
