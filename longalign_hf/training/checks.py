@@ -20,21 +20,25 @@ ISOLATING_ATTENTION = (
 
 
 def check_parallelism(config) -> None:
-    """Refuse a parallelism config (from the training arguments or the launcher) that splits samples across ranks."""
+    """Refuse a parallelism config (from the training arguments or the launcher) that LongAlign cannot run exactly:
+    context and tensor parallelism. Ulysses sequence parallelism (`sp_size`, DeepSpeed) is supported."""
     if config is None:
         return
     if config.cp_size > 1:
         raise ValueError(
-            "context parallelism (`cp_size > 1`) cannot keep packed samples apart (ring attention drops the "
-            "per-sample mask, so samples would attend to each other) and splits samples across ranks, so LongAlign "
-            "weighting would not be exact. Set `cp_size: 1` in the accelerate config / `parallelism_config`."
+            "context parallelism (`cp_size > 1`, FSDP2 ring attention) cannot keep packed samples apart: it replaces "
+            "the per-sample attention by plain causal attention over the whole row, so samples would attend to each "
+            "other. For rows longer than one device holds, use DeepSpeed Ulysses sequence parallelism instead "
+            "(`sp_size: N` with `sp_backend: deepspeed`, e.g. recipes/accelerate/sp2_zero3.yaml), and set `cp_size: 1`."
         )
-    if config.tp_size > 1 or getattr(config, "sp_size", 1) > 1:
+    if config.tp_size > 1:
         raise ValueError(
-            "LongAlign loss weighting is exact for data parallelism (DDP, DeepSpeed ZeRO, FSDP) only; tensor and "
-            "sequence parallelism split samples across ranks. Set `tp_size: 1` and `sp_size: 1` in the accelerate "
-            "config / `parallelism_config`."
+            "tensor parallelism (`tp_size > 1`) is not supported: LongAlign loss weighting has not been proven exact "
+            "under it. Set `tp_size: 1`; for long rows use sequence parallelism (`sp_size`, DeepSpeed Ulysses)."
         )
+    if getattr(config, "sp_size", 1) > 1 and getattr(config, "sp_backend", "deepspeed") != "deepspeed":
+        raise ValueError(f"sequence parallelism runs on DeepSpeed Ulysses only (`sp_backend: deepspeed`), got "
+                         f"{config.sp_backend!r}")  # fmt: skip
 
 
 def packing_attention(backend: str) -> str:

@@ -10,6 +10,7 @@ import torch
 from trl import SFTConfig
 
 from longalign_hf.data.chat import BAD_ROW_POLICIES, OVERFLOW_POLICIES
+from longalign_hf.training.distributed import start_deepspeed_on_cpu
 from longalign_hf.training.packing import PACKING_STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -17,6 +18,20 @@ logger = logging.getLogger(__name__)
 BATCHING_MODES = ("naive", "sort", "pack")
 LOSS_WEIGHTINGS = ("sequence", "token")
 PACK_SCHEDULES = ("balanced", "random")
+
+
+def _with_configured_state(accelerator_config):
+    """`accelerator_config` (None, a dict, a JSON path or an `AcceleratorConfig`) told to reuse the started state."""
+    if accelerator_config is None:
+        return {"use_configured_state": True}
+    if isinstance(accelerator_config, dict):
+        return {**accelerator_config, "use_configured_state": True}
+    if isinstance(accelerator_config, str):
+        from transformers.trainer_pt_utils import AcceleratorConfig
+
+        accelerator_config = AcceleratorConfig.from_json_file(accelerator_config)
+    accelerator_config.use_configured_state = True
+    return accelerator_config
 
 
 @dataclass
@@ -143,7 +158,13 @@ class LongAlignConfig(SFTConfig):
                 f"{self.activation_checkpointing}`; set only `activation_checkpointing` (the other is its deprecated "
                 "alias)."
             )
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # DeepSpeed starts its own process group (gloo under `DS_ACCELERATOR=cpu`); `use_cpu` would bypass its engine.
+        uses_deepspeed = bool(self.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        several_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if several_processes and not torch.cuda.is_available() and uses_deepspeed:
+            start_deepspeed_on_cpu()
+            self.accelerator_config = _with_configured_state(self.accelerator_config)
+        if not self.use_cpu and several_processes and not torch.cuda.is_available() and not uses_deepspeed:
             # Without it, transformers starts no process group on a CPU-only machine: every process would train
             # alone on all the data.
             logger.warning("Several processes and no GPU: setting use_cpu=True so they train together over gloo")

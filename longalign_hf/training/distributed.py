@@ -103,3 +103,23 @@ def run_with_deadline(
         stdout, stderr = process.communicate()
         raise subprocess.TimeoutExpired(process.args, timeout, output=stdout, stderr=stderr) from None
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def start_deepspeed_on_cpu() -> None:
+    """Start the process group of a multi-process DeepSpeed run on a machine without GPU, over gloo.
+
+    Left to transformers, accelerate starts DeepSpeed's group with no backend name on a CPU and then counts a single
+    process: every rank would read the whole data set and `gather` would fail. Naming gloo gives it the true world
+    size; the training arguments then reuse this state (`accelerator_config.use_configured_state`).
+    """
+    from accelerate import PartialState
+
+    previous = os.environ.get("ACCELERATE_USE_DEEPSPEED")
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        if previous is None:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+        else:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = previous

@@ -24,6 +24,17 @@ from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_s
 from longalign_hf.training.packed_dataset import column_array
 from longalign_hf.training.preparation import apply_template_settings, pack_with_costs, tokenize, tokenize_eval
 from longalign_hf.training.sampler import SortedBatchSampler
+from longalign_hf.training.sequence_parallel import (
+    LOSS_SAMPLE_STARTS,
+    LOSS_SHIFT_NUM_TARGETS,
+    SequenceParallelCollator,
+    check_sequence_parallel,
+    isolating_core_attention,
+    log_layout,
+    restore_kv_head_groups,
+    sequence_parallel_size,
+    weighted_nll_sum_per_token,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +105,23 @@ class LongAlignSFTTrainer(SFTTrainer):
             processing_class=processing_class, **kwargs,
         )  # fmt: skip
         # A parallelism config from the accelerate launcher (YAML or environment) never reaches `args`.
-        check_parallelism(self.accelerator.parallelism_config)
+        parallelism = self.accelerator.parallelism_config
+        check_parallelism(parallelism)
+        self._sp_size = sequence_parallel_size(parallelism)
+        self._sp_collator = None
+        if self._sp_size > 1:
+            check_sequence_parallel(args, parallelism, self.accelerator.num_processes, self.is_deepspeed_enabled)
+            self._sp_collator = SequenceParallelCollator(collator, args.max_length)
         if args.batching == "pack":
             backend = self.model.config._attn_implementation
-            target = packing_attention(backend)
+            if self._sp_size > 1:
+                # DeepSpeed wraps the attention named in the SP handler, and requires the model to run that one.
+                requested = parallelism.sp_handler.sp_attn_implementation or backend
+                target = isolating_core_attention(requested, packing_attention)
+                parallelism.sp_handler.sp_attn_implementation = target
+                log_layout(self._sp_size, self.accelerator.num_processes, args.max_length, target)
+            else:
+                target = packing_attention(backend)
             if target != backend:
                 self.model.set_attn_implementation(target)
         if self.model.get_output_embeddings() is None:
@@ -145,6 +169,16 @@ class LongAlignSFTTrainer(SFTTrainer):
         # Like transformers' samplers: `data_seed` when set, else `seed`.
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
+    def get_train_dataloader(self):
+        if self._sp_collator is None:
+            return super().get_train_dataloader()
+        # Training batches are sliced along the sequence by DeepSpeed's SP adapter; evaluation runs whole rows.
+        collator, self.data_collator = self.data_collator, self._sp_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = collator
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.batching == "naive" or (self.args.batching == "pack" and self.args.pack_schedule == "random"):
@@ -164,9 +198,20 @@ class LongAlignSFTTrainer(SFTTrainer):
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         # One device transfer for the whole step, not one sync per micro-batch.
-        counts = [batch[LOSS_NUM_TARGETS] for batch in batch_samples]
-        num_targets = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
-        local = torch.stack([(num_targets > 0).sum(), num_targets.sum()]).to(device, torch.float64)
+        if self._sp_size > 1:
+            # Slices of rows: each sample's start marker and each target token sit on exactly one rank.
+            local = torch.tensor(
+                [
+                    sum(int(batch[LOSS_SAMPLE_STARTS].sum()) for batch in batch_samples),
+                    sum(int((batch["shift_labels"] != -100).sum()) for batch in batch_samples),
+                ],
+                dtype=torch.float64,
+                device=device,
+            )
+        else:
+            counts = [batch[LOSS_NUM_TARGETS] for batch in batch_samples]
+            num_targets = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+            local = torch.stack([(num_targets > 0).sum(), num_targets.sum()]).to(device, torch.float64)
         totals = self.accelerator.reduce(local, reduction="sum") if self.accelerator.num_processes > 1 else local
         if batch_samples and totals[0] == 0:
             raise ValueError(
@@ -189,6 +234,8 @@ class LongAlignSFTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._sp_size > 1 and self.model.training:
+            return self._compute_sequence_parallel_loss(model, inputs, return_outputs)
         missing = [key for key in BOOKKEEPING_KEYS if key not in inputs]
         if missing:
             raise ValueError(
@@ -226,6 +273,36 @@ class LongAlignSFTTrainer(SFTTrainer):
             self._add_eval_terms(outputs, sample_ids, num_targets, sample_features)
         return (loss, outputs) if return_outputs else loss
 
+    def _compute_sequence_parallel_loss(self, model, inputs, return_outputs):
+        """This rank's slice of the step's loss: its tokens' weighted NLL over the step's global M or N. DeepSpeed sums
+        the slices' gradients over the SP group and averages over the data-parallel replicas (hence the scale)."""
+        shift_num_targets = inputs.pop(LOSS_SHIFT_NUM_TARGETS)
+        inputs.pop(LOSS_SAMPLE_STARTS)
+        inputs["use_cache"] = False
+        if self.aux_loss_enabled:
+            inputs["output_router_logits"] = True
+        outputs = model(**inputs, fused_lm_head=True)
+        loss_sum = weighted_nll_sum_per_token(
+            outputs.log_probs, outputs.label_mask, shift_num_targets, self.args.loss_weighting
+        )
+        num_samples, num_tokens = self._step_totals
+        denominator = (num_samples if self.args.loss_weighting == "sequence" else num_tokens).clamp(min=1)
+        share = loss_sum / denominator.to(loss_sum.dtype)
+        # Gradient: DeepSpeed averages over the data-parallel replicas only. Value: the Trainer logs the mean over all
+        # processes, so each reports its share times the number of processes (as without SP).
+        gradient = share * (self.accelerator.num_processes // self._sp_size)
+        value = share.detach() * self.accelerator.num_processes
+        if self.aux_loss_enabled:
+            self._metrics["train"]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
+            )
+            # Each rank's router loss is that of its slice; their mean over the SP group stands for the row's.
+            aux = self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
+            gradient, value = gradient + aux / self._sp_size, value + aux.detach()
+        loss = gradient + (value - gradient).detach()
+        self._log_token_metrics(outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
     def _add_eval_terms(self, outputs, sample_ids, num_targets, sample_features) -> None:
         terms = row_loss_terms(
             -outputs.log_probs * outputs.label_mask, outputs.entropy, outputs.is_top1, outputs.label_mask, sample_ids,
@@ -248,6 +325,8 @@ class LongAlignSFTTrainer(SFTTrainer):
         """Trainer's loop, with the loss and token metrics replaced by their exact values over the evaluation set:
         `(1/M) sum_i L_i/N_i` or `sum_i L_i / sum_i N_i` over every sample once, not a mean of per-batch means."""
         self._eval_totals = None
+        if self._sp_size > 1:
+            restore_kv_head_groups(self.accelerator.unwrap_model(self.model))
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self._eval_totals is not None:
             totals = dict(zip(ROW_TERMS, self._eval_totals.tolist()))

@@ -76,7 +76,11 @@ class _ParallelismFromLauncher(LongAlignSFTTrainer):
 
 @pytest.mark.parametrize(
     ("sizes", "match"),
-    [({"cp_size": 2}, "cannot keep packed samples apart"), ({"tp_size": 2}, "tensor and sequence parallelism")],
+    [
+        ({"cp_size": 2}, "cannot keep packed samples apart.*sp_size"),
+        ({"tp_size": 2}, "tensor parallelism"),
+        ({"sp_size": 2, "sp_backend": "deepspeed"}, "needs DeepSpeed"),
+    ],
 )
 def test_parallelism_set_in_the_launcher_config_is_refused_too(tokenizer, tmp_path, sizes, match):
     args = _config(tmp_path)

@@ -1,0 +1,194 @@
+"""The glue between LongAlign and DeepSpeed's Ulysses sequence parallelism (ALST), as accelerate and transformers run it.
+
+Under `ParallelismConfig(sp_backend="deepspeed", sp_size=N)`, DeepSpeed's `UlyssesSPDataLoaderAdapter` gathers one
+collated batch per rank of an SP group and hands every rank a 1/N slice of each, along the sequence: so a packed
+sample's tokens may land on several ranks. Its `UlyssesSPAttentionHF` swaps heads for sequence with all-to-all, so each
+rank runs attention over the whole packed row for 1/N of the heads, with the position ids gathered from the ranks.
+
+What LongAlign adds, and why:
+- The batch the adapter slices holds only `[rows, tokens]` tensors (it slices every tensor on dim 1). So the per-sample
+  bookkeeping becomes per-token: `loss_shift_num_targets` (N_i of the sample whose label each position predicts,
+  aligned with the `shift_labels` the adapter makes) and `loss_sample_starts` (1 on one position per sample with
+  targets). Summed over all ranks they count every sample and target token once, wherever its tokens fell.
+- The pack-wide `cu_seq_lens` describe the whole row and cannot be sliced; the core attention finds the samples from
+  the gathered, restarting position ids instead. Plain `sdpa` would not (with no mask it is causal over the whole
+  row, so packed samples would attend to each other), so it is replaced by `sdpa_packed` / `varlen_packed`.
+- DeepSpeed sums gradients over the ranks of an SP group and averages them over data-parallel replicas, so the loss of
+  a slice is scaled by the data-parallel size only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from longalign_hf.data.chat import IGNORE_INDEX
+from longalign_hf.training.collator import LOSS_NUM_TARGETS, LOSS_SAMPLE_FEATURES, LOSS_SAMPLE_IDS
+
+logger = logging.getLogger(__name__)
+
+# Per-token loss bookkeeping of a sequence-parallel batch (`[rows, tokens]`, sliced with the tokens).
+LOSS_SHIFT_NUM_TARGETS = "loss_shift_num_targets"
+LOSS_SAMPLE_STARTS = "loss_sample_starts"
+SEQUENCE_PARALLEL_KEYS = (LOSS_SHIFT_NUM_TARGETS, LOSS_SAMPLE_STARTS)
+
+# What a packed batch carries that describes the whole row and cannot be sliced along the sequence.
+_WHOLE_ROW_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", LOSS_NUM_TARGETS,
+                   LOSS_SAMPLE_FEATURES, LOSS_SAMPLE_IDS)  # fmt: skip
+
+
+def sequence_parallel_size(parallelism_config) -> int:
+    """The Ulysses SP degree of an accelerate `ParallelismConfig` (1 without one)."""
+    if parallelism_config is None:
+        return 1
+    return int(getattr(parallelism_config, "sp_size", 1) or 1)
+
+
+def row_multiple(sp_size: int, pad_to_multiple_of: int | None) -> int:
+    """What every packed row's length must divide by: the SP degree (Ulysses slices the row into equal parts) and
+    the user's `pad_to_multiple_of`."""
+    return math.lcm(sp_size, pad_to_multiple_of or 1)
+
+
+def per_token_bookkeeping(batch: dict[str, Any]) -> dict[str, Any]:
+    """A packed batch of `LongAlignDataCollator` in the layout DeepSpeed's SP data-loader adapter can slice.
+
+    Position t of the per-token keys describes the label at t + 1 (the one position t predicts), like the
+    `shift_labels` the adapter makes from `labels`:
+
+    ```
+    labels                  -100  -100    a3  -100    b2  -100    c2    c3
+    loss_shift_num_targets     0     1     0     1     0     2     2     0
+    loss_sample_starts         0     1     0     1     0     1     0     0
+    ```
+
+    Example:
+        >>> from longalign_hf.training.collator import LongAlignDataCollator
+        >>> batch = LongAlignDataCollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}])
+        >>> sp_batch = per_token_bookkeeping(batch)
+        >>> sp_batch["loss_shift_num_targets"].tolist(), sp_batch["loss_sample_starts"].tolist()
+        ([[2, 2, 0]], [[1, 0, 0]])
+        >>> sorted(key for key in sp_batch if torch.is_tensor(sp_batch[key]))
+        ['input_ids', 'labels', 'loss_sample_starts', 'loss_shift_num_targets', 'position_ids']
+    """
+    labels, sample_ids = batch["labels"], batch[LOSS_SAMPLE_IDS]
+    num_targets = batch[LOSS_NUM_TARGETS]
+    is_target = labels != IGNORE_INDEX
+    shifted_is_target = torch.nn.functional.pad(is_target[:, 1:], (0, 1), value=False)
+    shifted_samples = torch.nn.functional.pad(sample_ids[:, 1:], (0, 1), value=-1)
+    shift_num_targets = torch.where(shifted_is_target, num_targets[shifted_samples.clamp(min=0)], 0)
+    # One marker per sample with targets, on the position that predicts its first target.
+    first_target = shifted_is_target & ~torch.nn.functional.pad(shifted_is_target[:, :-1], (1, 0), value=False)
+    starts_sample = torch.zeros_like(first_target)
+    seen: set[int] = set()
+    for row, column in first_target.nonzero().tolist():
+        sample = int(shifted_samples[row, column])
+        if sample not in seen:  # a sample with several assistant turns has several runs of targets
+            seen.add(sample)
+            starts_sample[row, column] = True
+    sp_batch = {key: value for key, value in batch.items() if key not in _WHOLE_ROW_KEYS}
+    sp_batch[LOSS_SHIFT_NUM_TARGETS] = shift_num_targets.long()
+    sp_batch[LOSS_SAMPLE_STARTS] = starts_sample.long()
+    return sp_batch
+
+
+class SequenceParallelCollator:
+    """Wraps `LongAlignDataCollator` for sequence-parallel training: every row padded to `row_length` (the padding is a
+    separate, loss-free sample) and the loss bookkeeping made per-token (`per_token_bookkeeping`).
+
+    Rows all have the same length, `max_length`: DeepSpeed's adapter all-gathers the rows of an SP group, which gloo
+    only does for equal shapes, and equal shapes spare GPU kernels a recompilation per length. The planner fills packs
+    to ~99.9% of `max_length`, so the padding costs next to nothing.
+    """
+
+    def __init__(self, collator, row_length: int):
+        if not collator.padding_free:
+            raise ValueError("sequence parallelism here trains packed rows (`batching='pack'`)")
+        self.row_length = row_length
+        self.collator = type(collator)(
+            pad_token_id=collator.pad_token_id, padding_free=True, pad_to_multiple_of=row_length,
+            return_loss_bookkeeping=True,
+        )  # fmt: skip
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collator(features)
+        if batch["input_ids"].shape[1] != self.row_length:
+            raise ValueError(
+                f"a packed row of {batch['input_ids'].shape[1]} tokens is longer than max_length={self.row_length}"
+            )
+        return per_token_bookkeeping(batch)
+
+
+def weighted_nll_sum_per_token(
+    log_probs: torch.Tensor, label_mask: torch.Tensor, shift_num_targets: torch.Tensor, loss_weighting: str
+) -> torch.Tensor:
+    """`weighted_nll_sum` for a slice of a sequence-parallel row: `log_probs` and `label_mask` are aligned with the
+    shifted labels, and each position carries the target count of its sample (`loss_shift_num_targets`)."""
+    token_loss = -log_probs * label_mask
+    if loss_weighting == "token":
+        return token_loss.sum()
+    return (token_loss / shift_num_targets.clamp(min=1).to(token_loss.dtype)).sum()
+
+
+def check_sequence_parallel(args, parallelism_config, num_processes: int, is_deepspeed: bool) -> None:
+    """Refuse what Ulysses sequence parallelism cannot run, or not exactly, with what to do instead."""
+    sp_size = sequence_parallel_size(parallelism_config)
+    if not is_deepspeed:
+        raise ValueError(
+            f"`sp_size={sp_size}` needs DeepSpeed (Ulysses sequence parallelism runs inside its engine): launch with "
+            "an accelerate config that has `distributed_type: DEEPSPEED` (e.g. recipes/accelerate/sp2_zero3.yaml) "
+            "and `pip install 'longalign-hf[deepspeed]'`."
+        )
+    if args.batching != "pack":
+        raise ValueError(
+            f"sequence parallelism trains packed rows: use `batching='pack'` (got {args.batching!r}); a sample "
+            "longer than any other still trains alone, in a pack of its own."
+        )
+    multiple = row_multiple(sp_size, args.pad_to_multiple_of)
+    if args.max_length is None or args.max_length % multiple:
+        raise ValueError(
+            f"with sp_size={sp_size}, `max_length` (the whole packed row, split over the SP ranks) must be a multiple "
+            f"of {multiple}, got {args.max_length}; e.g. {max(multiple, (args.max_length or 0) // multiple * multiple)}"
+        )
+    data_parallel = parallelism_config.data_parallel_size
+    if num_processes % sp_size or data_parallel * sp_size != num_processes:
+        raise ValueError(
+            f"{num_processes} processes with sp_size={sp_size} need {num_processes // sp_size or 1} data-parallel "
+            f"replicas, but the parallelism config gives {data_parallel} (dp_replicate_size x dp_shard_size): set "
+            f"`dp_shard_size: {num_processes // sp_size}` (or dp_replicate_size) so that data parallel x sp_size = "
+            "the number of processes."
+        )
+
+
+def isolating_core_attention(requested: str, packing_attention) -> str:
+    """The attention DeepSpeed's Ulysses wrapper must run over the gathered row: one that cuts packed samples apart from
+    the restarting position ids (`packing_attention` maps plain `sdpa` to `sdpa_packed` / `varlen_packed`)."""
+    target = packing_attention(requested)
+    if target == "eager":
+        raise ValueError(
+            "eager attention cannot run under Ulysses sequence parallelism (it needs the O(n^2) mask that Ulysses "
+            "drops); use `sdpa` (run as sdpa_packed / varlen_packed) or `flash_attention_2`."
+        )
+    return target
+
+
+def log_layout(sp_size: int, world_size: int, max_length: int, core_attention: str) -> None:
+    logger.info(
+        "Sequence parallelism (DeepSpeed Ulysses): sp_size=%d x data parallel %d; each packed row of up to %d tokens "
+        "is split into %d tokens per rank; core attention %r over the gathered row",
+        sp_size, world_size // sp_size, max_length, max_length // sp_size, core_attention,
+    )  # fmt: skip
+
+
+def restore_kv_head_groups(model) -> None:
+    """Undo what DeepSpeed's Ulysses forward leaves on the attention modules when sp_size exceeds the key/value heads:
+    it replicates the heads and sets `num_key_value_groups` to match, so a forward without Ulysses (evaluation, where
+    accelerate turns it off) would pair queries with the wrong keys. Call before such a forward."""
+    config = model.config.get_text_config()
+    groups = config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups"):
+            module.num_key_value_groups = groups

@@ -1,0 +1,211 @@
+"""Ulysses sequence parallelism (DeepSpeed engine, gloo on CPU) vs. per-sample references, for the SP tests.
+
+Launched as `DS_ACCELERATOR=cpu torchrun --nproc_per_node P tests/sp_check.py CASES.json OUT.pt OUTPUT_DIR`: trains
+`LongAlignSFTTrainer` for one epoch on the 12 samples of `grad_check` (6 packs) under `ParallelismConfig(sp_size=S,
+sp_backend="deepspeed")` and DeepSpeed ZeRO, with the real `UlyssesSPDataLoaderAdapter` and `UlyssesSPAttentionHF`.
+Rank 0 writes, for every optimizer step, the gradient DeepSpeed applied (read inside `engine.step`, after its
+reductions) and the loss the Trainer logged, next to the gradient and value of the LongAlign objective over the step's
+samples, each sample run alone, unpacked, through the plain model with full logits. Then it checks isolation: a packed
+row sliced over the SP group, each slice's logits gathered, against every sample's logits alone.
+
+Several cases run in one launch (process start-up dominates): between them, DeepSpeed's SP groups and the attention
+function its wrapper replaced are put back, as a fresh process would have them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from unittest import mock
+
+import torch
+import torch.distributed as dist
+from accelerate.parallelism_config import ParallelismConfig
+from accelerate.utils import DeepSpeedSequenceParallelConfig
+from grad_check import MAX_LENGTH, _all_ranks, _LossCapture, _samples_of, build_dataset, reference_loss
+
+from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+from longalign_hf.training import packed_attention
+from longalign_hf.training.distributed import run_then_exit
+from longalign_hf.training.sequence_parallel import restore_kv_head_groups
+
+
+class _SPRecorder(LongAlignSFTTrainer):
+    """Records, for every optimizer step, the weights it starts from and the slices it trains on, and the gradient
+    DeepSpeed applies."""
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not hasattr(self.model_wrapped.step, "captured"):
+            self._capture_engine_step(self.model_wrapped)
+        if batches:
+            model = self.accelerator.unwrap_model(self.model)
+            self.step_weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            self.step_slices.append([(b["input_ids"][0].tolist(), b["position_ids"][0].tolist()) for b in batches])
+        return batches, num_items
+
+    def _capture_engine_step(self, engine) -> None:
+        from deepspeed.utils import safe_get_full_grad
+
+        step = engine.step
+
+        def step_and_capture(*args, **kwargs):
+            # After the backward of the last micro-step, DeepSpeed has reduced the gradients; `step` applies them.
+            self.step_grads.append(
+                {name: safe_get_full_grad(p).detach().clone() for name, p in engine.module.named_parameters()}
+            )
+            return step(*args, **kwargs)
+
+        step_and_capture.captured = True
+        engine.step = step_and_capture
+
+
+def _full_rows(slices_by_rank: list[list], sp_size: int) -> list[tuple[list[int], list[int]]]:
+    """Every micro-batch row of a step, rebuilt from its SP group's slices (SP groups are consecutive ranks)."""
+    rows = []
+    for group_start in range(0, len(slices_by_rank), sp_size):
+        group = slices_by_rank[group_start : group_start + sp_size]
+        for micro in range(len(group[0])):
+            ids = [token for rank in group for token in rank[micro][0]]
+            positions = [position for rank in group for position in rank[micro][1]]
+            rows.append((ids, positions))
+    return rows
+
+
+def _build(case: dict, output_dir: str):
+    tokenizer = build_byte_tokenizer()
+    model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=MAX_LENGTH)
+    model.config._attn_implementation = "sdpa"
+    dataset = build_dataset(tokenizer)
+    args = LongAlignConfig(
+        output_dir=output_dir, batching="pack", loss_weighting=case["loss_weighting"], max_length=MAX_LENGTH,
+        per_device_train_batch_size=1, gradient_accumulation_steps=case["accumulation"], num_train_epochs=1,
+        max_grad_norm=0.0, learning_rate=1e-3, lr_scheduler_type="constant", bf16=False, report_to="none",
+        save_strategy="no", logging_steps=1, seed=0,
+        deepspeed={
+            "zero_optimization": {"stage": case.get("zero_stage", 1)},
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto", "gradient_clipping": "auto",
+        },
+        parallelism_config=ParallelismConfig(
+            sp_size=case["sp_size"], sp_backend="deepspeed", dp_shard_size=case.get("data_parallel", 1),
+            sp_handler=DeepSpeedSequenceParallelConfig(sp_attn_implementation="sdpa"),
+        ),
+    )  # fmt: skip
+    losses = _LossCapture()
+    trainer = _SPRecorder(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[losses]
+    )
+    return tokenizer, dataset, trainer, losses
+
+
+def _isolation(trainer, dataset, sp_size: int) -> dict[str, float]:
+    """Largest difference between a packed sample's logits (row sliced over the SP group, through Ulysses) and its
+    logits alone; also with the core attention forced to run causal over the whole row (a control that must fail)."""
+    from deepspeed.utils import groups
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    group, sp_rank = groups._get_sequence_parallel_group(), groups._get_sequence_parallel_rank()
+    features, total = [], 0
+    for row in sorted(dataset, key=lambda row: row["length"]):  # one row of the shortest samples that fit
+        if total + row["length"] <= MAX_LENGTH:
+            features.append(row)
+            total += row["length"]
+    assert len(features) >= 3
+    batch = trainer._sp_collator(features)
+    chunk = batch["input_ids"].shape[1] // sp_size
+    part = slice(chunk * sp_rank, chunk * (sp_rank + 1))
+
+    def packed_logits() -> torch.Tensor:
+        model.train()  # Ulysses runs in training mode only (accelerate disables it for evaluation)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"][:, part], position_ids=batch["position_ids"][:, part],
+                           use_cache=False).logits  # fmt: skip
+        slices = [torch.empty_like(logits) for _ in range(sp_size)]
+        dist.all_gather(slices, logits.contiguous(), group=group)
+        return torch.cat(slices, dim=1)[0]
+
+    def worst(logits: torch.Tensor) -> float:
+        model.eval()
+        restore_kv_head_groups(model)
+        start, error = 0, 0.0
+        with torch.no_grad():
+            for feature in features:
+                ids = torch.tensor([feature["input_ids"]])
+                alone = model(input_ids=ids, use_cache=False).logits[0]
+                error = max(error, (logits[start : start + ids.shape[1]] - alone).abs().max().item())
+                start += ids.shape[1]
+        return error
+
+    isolated = worst(packed_logits())
+    with mock.patch.object(packed_attention, "_sample_bounds", lambda *args: None):
+        mixed = worst(packed_logits())
+    return {"isolated": isolated, "causal_over_row": mixed}
+
+
+def run_case(case: dict, output_dir: str) -> dict:
+    tokenizer, dataset, trainer, losses = _build(case, output_dir)
+    trainer.step_weights, trainer.step_slices, trainer.step_grads = [], [], []
+    trainer.train()
+    world = dist.get_world_size()
+    isolation = _isolation(trainer, dataset, case["sp_size"])
+    by_rank = _all_ranks(trainer.step_slices)
+    result = {"world_size": world, "isolation": isolation, "steps": [],
+              "core_attention": trainer.model.config._attn_implementation}  # fmt: skip
+    if dist.get_rank() != 0:
+        return result
+    rows = {tuple(ids): index for index, ids in enumerate(dataset["input_ids"])}
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    for step in range(len(trainer.step_slices)):
+        full_rows = _full_rows([rank[step] for rank in by_rank], case["sp_size"])
+        samples = [s for ids, positions in full_rows
+                   for s in _samples_of({"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions])})]  # fmt: skip
+        padding = [s for s in samples if set(s) == {tokenizer.pad_token_id}]
+        trained = dataset.select([rows[s] for s in samples if s not in padding])
+        model.load_state_dict(trainer.step_weights[step])
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        restore_kv_head_groups(model)
+        reference = reference_loss(model, trained, case["loss_weighting"])
+        reference.backward()
+        result["steps"].append({
+            "grads": trainer.step_grads[step],
+            "reference_grads": {name: p.grad.detach().clone() for name, p in model.named_parameters()},
+            "loss": losses.losses[step],
+            "reference_loss": reference.item(),
+            "num_samples": sum(n > 0 for n in trained["num_target_tokens"]),
+            "rows": len(full_rows),
+        })  # fmt: skip
+    return result
+
+
+def _reset_sequence_parallel() -> None:
+    """What `UlyssesSPAttentionHF.register_with_transformers` changed in this process: its SP groups (it refuses to
+    build them twice) and the attention function it wrapped (a second wrap would exchange heads twice)."""
+    import deepspeed.runtime.sequence_parallel.parallel_state_sp as parallel_state
+    from accelerate.state import AcceleratorState
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    parallel_state._release_sequence_parallel_groups()
+    ALL_ATTENTION_FUNCTIONS[packed_attention.PACKED_SDPA] = packed_attention.packed_sdpa_attention_forward
+    AcceleratorState._reset_state()
+
+
+if __name__ == "__main__":
+    cases_path, output_path, output_dir = sys.argv[1:4]
+    with open(cases_path) as handle:
+        cases = json.load(handle)
+
+    def main():
+        results = []
+        for index, case in enumerate(cases):
+            if index:
+                _reset_sequence_parallel()
+            results.append(run_case(case, os.path.join(output_dir, str(index))))
+        if dist.get_rank() == 0:
+            torch.save(results, output_path)
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    run_then_exit(main)
