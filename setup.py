@@ -20,8 +20,10 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # flash-attn compiles against the installed torch: `pip install flash-attn --no-build-isolation`.
     "flash-attn": ["flash-attn>=2.6"],
-    "deepspeed": ["deepspeed>=0.16"],
-    "dev": ["pytest>=8.0", "ruff>=0.6"],
+    # Ulysses sequence parallelism (`sp_size`) needs DeepSpeed >= 0.18.2 through accelerate; tested with 0.19.8.
+    "deepspeed": ["deepspeed>=0.19.8"],
+    # The test suite runs the sequence-parallel tests on the real DeepSpeed engine (gloo on CPU).
+    "dev": ["pytest>=8.0", "ruff>=0.6", "deepspeed>=0.19.8"],
 }
 
 setup(

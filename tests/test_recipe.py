@@ -231,3 +231,28 @@ def test_a_bad_row_names_its_file_and_the_command_line_exits_2(recipe, tiny_dir,
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {data}, row 3 (rows count from 0): the conversation has no assistant turn")
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_path):
+    # recipes/accelerate/sp4_zero3.yaml, cut to this CPU: 2 processes, sp_size 2, ZeRO-2, no bf16.
+    pytest.importorskip("deepspeed")
+    import yaml
+
+    with open(os.path.join(ROOT, "recipes", "accelerate", "sp4_zero3.yaml")) as handle:
+        config = yaml.safe_load(handle)
+    config.update(num_processes=2, mixed_precision="no")
+    config["deepspeed_config"].update(zero_stage=2, zero3_init_flag=False)
+    config["parallelism_config"].update(parallelism_config_sp_size=2, parallelism_config_dp_shard_size=1)
+    config_path = tmp_path / "sp2.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    completed = accelerate_launch(
+        os.path.join(ROOT, "recipes", "sft.py"),
+        [*SHORT, "--max_steps", "2", "--output_dir", str(tmp_path / "out")],
+        config_file=str(config_path), env={"DS_ACCELERATOR": "cpu"}, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    log = completed.stdout + completed.stderr
+    assert "sp_size=2 x data parallel 1" in log and "512 tokens per rank" in log
+    assert "'loss'" in log and os.path.exists(tmp_path / "out" / "model.safetensors")

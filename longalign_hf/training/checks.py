@@ -29,7 +29,7 @@ def check_parallelism(config) -> None:
             "context parallelism (`cp_size > 1`, FSDP2 ring attention) cannot keep packed samples apart: it replaces "
             "the per-sample attention by plain causal attention over the whole row, so samples would attend to each "
             "other. For rows longer than one device holds, use DeepSpeed Ulysses sequence parallelism instead "
-            "(`sp_size: N` with `sp_backend: deepspeed`, e.g. recipes/accelerate/sp2_zero3.yaml), and set `cp_size: 1`."
+            "(`sp_size: N` with `sp_backend: deepspeed`, e.g. recipes/accelerate/sp4_zero3.yaml), and set `cp_size: 1`."
         )
     if config.tp_size > 1:
         raise ValueError(

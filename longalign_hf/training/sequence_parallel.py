@@ -139,7 +139,7 @@ def check_sequence_parallel(args, parallelism_config, num_processes: int, is_dee
     if not is_deepspeed:
         raise ValueError(
             f"`sp_size={sp_size}` needs DeepSpeed (Ulysses sequence parallelism runs inside its engine): launch with "
-            "an accelerate config that has `distributed_type: DEEPSPEED` (e.g. recipes/accelerate/sp2_zero3.yaml) "
+            "an accelerate config that has `distributed_type: DEEPSPEED` (e.g. recipes/accelerate/sp4_zero3.yaml) "
             "and `pip install 'longalign-hf[deepspeed]'`."
         )
     if args.batching != "pack":
