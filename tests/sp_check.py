@@ -14,6 +14,7 @@ function its wrapper replaced are put back, as a fresh process would have them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -23,7 +24,7 @@ import torch
 import torch.distributed as dist
 from accelerate.parallelism_config import ParallelismConfig
 from accelerate.utils import DeepSpeedSequenceParallelConfig
-from grad_check import MAX_LENGTH, _all_ranks, _LossCapture, _samples_of, build_dataset, reference_loss
+from grad_check import MAX_LENGTH, _all_ranks, _LossCapture, _samples_of, build_dataset, reference_eval, reference_loss
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
@@ -42,7 +43,7 @@ class _SPRecorder(LongAlignSFTTrainer):
             self._capture_engine_step(self.model_wrapped)
         if batches:
             model = self.accelerator.unwrap_model(self.model)
-            self.step_weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            self.step_weights.append(_full_state_dict(model))
             self.step_slices.append([(b["input_ids"][0].tolist(), b["position_ids"][0].tolist()) for b in batches])
         return batches, num_items
 
@@ -62,6 +63,21 @@ class _SPRecorder(LongAlignSFTTrainer):
         engine.step = step_and_capture
 
 
+def _full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The model's weights, gathered first where ZeRO-3 partitions them (a collective: every rank calls it)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters())):
+        return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _load(model, weights: dict[str, torch.Tensor]) -> None:
+    """Load every parameter (buffers such as rotary frequencies stay as built)."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    parameters = {name for name, _ in model.named_parameters()}
+    assert not unexpected and not parameters & set(missing), (missing, unexpected)
+
+
 def _full_rows(slices_by_rank: list[list], sp_size: int) -> list[tuple[list[int], list[int]]]:
     """Every micro-batch row of a step, rebuilt from its SP group's slices (SP groups are consecutive ranks)."""
     rows = []
@@ -78,6 +94,8 @@ def _build(case: dict, output_dir: str):
     tokenizer = build_byte_tokenizer()
     model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=MAX_LENGTH)
     model.config._attn_implementation = "sdpa"
+    # The per-sample reference runs on a copy outside DeepSpeed (ZeRO-3 partitions the trained model's weights).
+    reference_model = copy.deepcopy(model)
     dataset = build_dataset(tokenizer)
     args = LongAlignConfig(
         output_dir=output_dir, batching="pack", loss_weighting=case["loss_weighting"], max_length=MAX_LENGTH,
@@ -98,7 +116,7 @@ def _build(case: dict, output_dir: str):
     trainer = _SPRecorder(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[losses]
     )
-    return tokenizer, dataset, trainer, losses
+    return tokenizer, dataset, trainer, losses, reference_model
 
 
 def _isolation(trainer, dataset, sp_size: int) -> dict[str, float]:
@@ -146,10 +164,13 @@ def _isolation(trainer, dataset, sp_size: int) -> dict[str, float]:
 
 
 def run_case(case: dict, output_dir: str) -> dict:
-    tokenizer, dataset, trainer, losses = _build(case, output_dir)
+    tokenizer, dataset, trainer, losses, reference_model = _build(case, output_dir)
     trainer.step_weights, trainer.step_slices, trainer.step_grads = [], [], []
     trainer.train()
     world = dist.get_world_size()
+    # Evaluation runs whole rows, Ulysses off (after training left DeepSpeed's head replication on the modules).
+    eval_loss = trainer.evaluate(dataset)["eval_loss"]
+    final_weights = _full_state_dict(trainer.accelerator.unwrap_model(trainer.model))
     isolation = _isolation(trainer, dataset, case["sp_size"])
     by_rank = _all_ranks(trainer.step_slices)
     result = {"world_size": world, "isolation": isolation, "steps": [],
@@ -157,17 +178,17 @@ def run_case(case: dict, output_dir: str) -> dict:
     if dist.get_rank() != 0:
         return result
     rows = {tuple(ids): index for index, ids in enumerate(dataset["input_ids"])}
-    model = trainer.accelerator.unwrap_model(trainer.model)
+    model = reference_model.eval()
+    _load(model, final_weights)
+    result["eval_loss"] = (eval_loss, reference_eval(model, dataset, case["loss_weighting"])["loss"])
     for step in range(len(trainer.step_slices)):
         full_rows = _full_rows([rank[step] for rank in by_rank], case["sp_size"])
         samples = [s for ids, positions in full_rows
                    for s in _samples_of({"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([positions])})]  # fmt: skip
         padding = [s for s in samples if set(s) == {tokenizer.pad_token_id}]
         trained = dataset.select([rows[s] for s in samples if s not in padding])
-        model.load_state_dict(trainer.step_weights[step])
+        _load(model, trainer.step_weights[step])
         model.zero_grad(set_to_none=True)
-        model.eval()
-        restore_kv_head_groups(model)
         reference = reference_loss(model, trained, case["loss_weighting"])
         reference.backward()
         result["steps"].append({

@@ -192,3 +192,16 @@ def restore_kv_head_groups(model) -> None:
     for module in model.modules():
         if hasattr(module, "num_key_value_groups"):
             module.num_key_value_groups = groups
+
+
+def gradient_divisor(engine, num_processes: int, sp_size: int) -> int:
+    """The number DeepSpeed divides the gradient summed over all ranks by, under Ulysses SP.
+
+    ZeRO 0-2, and ZeRO-3 without reduce-scatter, sum over the SP group and average over the data-parallel replicas
+    (they divide by `world / sp_size`). ZeRO-3's reduce-scatter (its default) divides by every rank
+    (`reduce_scatter_coalesced`, DeepSpeed 0.19.8). Each rank's loss is scaled by this number so that the applied
+    gradient is the objective's either way; the SP tests check every stage against a per-sample reference.
+    """
+    if engine.zero_optimization_stage() == 3 and engine.zero_reduce_scatter():
+        return num_processes
+    return num_processes // sp_size

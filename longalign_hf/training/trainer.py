@@ -29,6 +29,7 @@ from longalign_hf.training.sequence_parallel import (
     LOSS_SHIFT_NUM_TARGETS,
     SequenceParallelCollator,
     check_sequence_parallel,
+    gradient_divisor,
     isolating_core_attention,
     log_layout,
     restore_kv_head_groups,
@@ -288,9 +289,9 @@ class LongAlignSFTTrainer(SFTTrainer):
         num_samples, num_tokens = self._step_totals
         denominator = (num_samples if self.args.loss_weighting == "sequence" else num_tokens).clamp(min=1)
         share = loss_sum / denominator.to(loss_sum.dtype)
-        # Gradient: DeepSpeed averages over the data-parallel replicas only. Value: the Trainer logs the mean over all
+        # Gradient: undo DeepSpeed's division of the summed gradient. Value: the Trainer logs the mean over all
         # processes, so each reports its share times the number of processes (as without SP).
-        gradient = share * (self.accelerator.num_processes // self._sp_size)
+        gradient = share * gradient_divisor(self.model_wrapped, self.accelerator.num_processes, self._sp_size)
         value = share.detach() * self.accelerator.num_processes
         if self.aux_loss_enabled:
             self._metrics["train"]["aux_loss"].append(

@@ -169,6 +169,8 @@ def _check(result: dict, case: dict, num_processes: int) -> None:
     assert result["isolation"]["isolated"] <= 1e-5
     # The control: the same rows with attention causal over the whole gathered row do mix samples.
     assert result["isolation"]["causal_over_row"] > 1e-2
+    loss, reference = result["eval_loss"]
+    assert loss == pytest.approx(reference, rel=1e-5)
     steps = result["steps"]
     assert len({step["num_samples"] for step in steps}) > 1, "every step has the same M: cannot tell normalizations"
     for step in steps:
@@ -182,9 +184,11 @@ def test_two_processes_sp2_exact_and_isolated(tmp_path):
     cases = [
         {"sp_size": 2, "loss_weighting": "sequence", "accumulation": 1, "zero_stage": 1},
         {"sp_size": 2, "loss_weighting": "token", "accumulation": 3, "zero_stage": 2},
+        # ZeRO-3's reduce-scatter divides the gradient by every rank, not by the data-parallel replicas.
+        {"sp_size": 2, "loss_weighting": "sequence", "accumulation": 3, "zero_stage": 3},
     ]
     results = _run_sp_check(tmp_path, cases, 2)
-    assert [len(result["steps"]) for result in results] == [6, 2]
+    assert [len(result["steps"]) for result in results] == [6, 2, 2]
     for case, result in zip(cases, results):
         _check(result, case, 2)
 

@@ -1,0 +1,169 @@
+"""Per-rank peak memory and step time of LongAlign training with Ulysses sequence parallelism: sp_size 1 vs 2.
+
+Each (sp_size, row length) runs in fresh processes: `LongAlignSFTTrainer` with packing and sequence weighting trains
+`--steps` optimizer steps on packed rows of exactly `length` tokens (samples of ~length/8 tokens, one pack per step).
+sp_size 1 is one process without DeepSpeed; sp_size S > 1 is S processes under DeepSpeed ZeRO-1 with
+`ParallelismConfig(sp_size=S, sp_backend="deepspeed")` (the real `UlyssesSPDataLoaderAdapter` and
+`UlyssesSPAttentionHF`; gloo on a CPU). The model is a small Llama shape (hidden 256, 4 layers, 8 heads, 4 key/value
+heads, byte vocabulary) so that activations, which SP splits, dominate the memory.
+
+Memory: on a CPU, the peak resident memory of the process (`ru_maxrss`) above its resident memory just before training
+(the model, the data and the process group exist); on a GPU, `torch.cuda.max_memory_allocated` above the allocation
+before training. The largest rank is reported. Step time: the median of the steps after the first.
+
+    python benchmark/sequence_parallel.py                      # 16k / 32k / 64k tokens, sp_size 1 and 2, on the CPU
+    python benchmark/sequence_parallel.py --quick              # a smoke test (2k tokens)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HIDDEN, LAYERS, HEADS, KV_HEADS = 256, 4, 8, 4
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def _worker(length: int, sp_size: int, steps: int, output: str) -> None:
+    """One measurement, in this process (one rank of `sp_size`)."""
+    import datasets
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+    from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+    from longalign_hf.tiny import build_byte_tokenizer
+    from longalign_hf.training.distributed import run_then_exit
+
+    tokenizer = build_byte_tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=length,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    ))  # fmt: skip
+    model.config._attn_implementation = "sdpa"
+    generator = torch.Generator().manual_seed(0)
+    sample = length // 8
+    rows = []
+    for _ in range(8 * steps):
+        ids = torch.randint(3, 200, (sample,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (sample // 2) + ids[sample // 2 :]})
+    parallel = {}
+    if sp_size > 1:
+        from accelerate.parallelism_config import ParallelismConfig
+        from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+        parallel = {
+            "deepspeed": {"zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": "auto",
+                          "gradient_accumulation_steps": "auto", "train_batch_size": "auto"},
+            "parallelism_config": ParallelismConfig(
+                sp_size=sp_size, sp_backend="deepspeed",
+                sp_handler=DeepSpeedSequenceParallelConfig(sp_attn_implementation="sdpa"),
+            ),
+        }  # fmt: skip
+    args = LongAlignConfig(
+        output_dir=tempfile.mkdtemp(), batching="pack", loss_weighting="sequence", max_length=length,
+        per_device_train_batch_size=1, max_steps=steps, activation_checkpointing=False, bf16=False,
+        report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, **parallel,
+    )  # fmt: skip
+    cuda = torch.cuda.is_available()
+
+    class _Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.start = [], None
+
+        def on_step_begin(self, *args, **kwargs):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *args, **kwargs):
+            self.times.append(time.perf_counter() - self.start)
+
+    timer = _Timer()
+
+    def main():
+        trainer = LongAlignSFTTrainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
+            callbacks=[timer],
+        )  # fmt: skip
+        baseline = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+        trainer.train()
+        peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        result = {"peak_bytes": peak - baseline, "step_seconds": statistics.median(timer.times[1:] or timer.times)}
+        rank = int(os.environ.get("RANK", "0"))
+        with open(f"{output}.{rank}.json", "w") as handle:
+            json.dump(result, handle)
+
+    run_then_exit(main)
+
+
+def _measure(length: int, sp_size: int, steps: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        output = os.path.join(folder, "result")
+        worker = [os.path.abspath(__file__), "--worker", str(length), str(sp_size), str(steps), output]
+        if sp_size == 1:
+            command = [sys.executable, *worker]
+        else:
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp_size), *worker]
+        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
+        completed = subprocess.run(command, capture_output=True, text=True, env=env)
+        if completed.returncode != 0:
+            raise RuntimeError(f"sp_size={sp_size}, {length} tokens failed:\n{completed.stderr[-3000:]}")
+        ranks = []
+        for rank in range(sp_size):
+            with open(f"{output}.{rank}.json") as handle:
+                ranks.append(json.load(handle))
+    return {
+        "peak_bytes": max(rank["peak_bytes"] for rank in ranks),
+        "step_seconds": max(rank["step_seconds"] for rank in ranks),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768, 65536])
+    parser.add_argument("--sp-sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="2k tokens, 2 steps: a smoke test")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.worker:
+        length, sp_size, steps, output = options.worker
+        _worker(int(length), int(sp_size), int(steps), output)
+        return
+    if options.quick:
+        options.lengths, options.steps = [2048], 2
+    print(f"Model: Llama shape, hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads ({KV_HEADS} kv), fp32, packed rows")
+    print("| tokens per row | sp_size | tokens per rank | peak memory per rank (MiB) | vs sp_size 1 | step (s) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for length in options.lengths:
+        base = None
+        for sp_size in options.sp_sizes:
+            measured = _measure(length, sp_size, options.steps)
+            base = measured["peak_bytes"] if sp_size == 1 else base
+            ratio = f"{measured['peak_bytes'] / base:.2f}" if base else "-"
+            print(
+                f"| {length:,} | {sp_size} | {length // sp_size:,} | {measured['peak_bytes'] / 2**20:,.0f} | {ratio} "
+                f"| {measured['step_seconds']:.2f} |",
+                flush=True,
+            )
+            results.append({"length": length, "sp_size": sp_size, **measured})
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump(results, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
