@@ -18,7 +18,11 @@ def free_port() -> int:
 
 
 def accelerate_launch(
-    script: str, args: list[str], num_processes: int = 2, config_file: str | None = None, timeout: float = 180,
+    script: str,
+    args: list[str],
+    num_processes: int = 2,
+    config_file: str | None = None,
+    timeout: float = 180,
     env: dict | None = None,
 ) -> subprocess.CompletedProcess:
     """Run `accelerate launch` (DDP over gloo on CPU) and return the finished process.
