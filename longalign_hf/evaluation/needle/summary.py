@@ -87,6 +87,7 @@ def card_section(results: dict[str, Any], images: Sequence[str], date: str) -> s
     haystack = f"the .txt files of `{Path(settings['haystack']).name}/`"
     if settings["haystack"] == "pydoc_data.topics":
         haystack = "the Python documentation"
+    table, _, notes = format_summary(results).partition("\n\n")
     probes = ", ".join(results["scores"])
     sampling = "greedy" if settings["temperature"] == 0 else f"sampled at temperature {settings['temperature']:g}"
     judge = ""
@@ -102,6 +103,8 @@ def card_section(results: dict[str, Any], images: Sequence[str], date: str) -> s
         "",
         *(f"![needle heatmap: {name.removesuffix('.png').split('heatmap_')[-1]}]({name})" for name in images),
         "",
-        format_summary(results),
+        table,
+        "",
+        *(f"- {note}" for note in notes.splitlines() if note),  # a list: lines of one paragraph would run together
     ]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip()
