@@ -87,8 +87,10 @@ def _device_name(device) -> str:
         import torch
 
         return torch.cuda.get_device_name(device)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{device.type.upper()} ({platform.machine() or 'unknown'}, {cores} cores)"
+    if device.type == "cpu":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return f"CPU ({platform.machine() or 'unknown'}, {cores} cores)"
+    return device.type.upper()
 
 
 def collect_training_facts(
@@ -114,7 +116,10 @@ def collect_training_facts(
         "model_name": model_name,
         "base_model": getattr(model.config, "_name_or_path", "") or None,
         "architecture": (model.config.architectures or [type(model).__name__])[0],
-        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        # ZeRO-3 leaves each process a shard: `ds_numel` is the whole parameter's size.
+        "parameters": sum(
+            getattr(parameter, "ds_numel", None) or parameter.numel() for parameter in model.parameters()
+        ),
         "adapter": adapter,
         "datasets": list(dataset_names),
         "data": data,
