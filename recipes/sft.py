@@ -201,6 +201,20 @@ def load_eval_data(script_args: LongAlignScriptArguments, mixture: DatasetMixtur
     return dataset
 
 
+def dataset_names(script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool) -> list[str]:
+    """How the model card names the training data: the mixture's sets, `--dataset_name`, or the embedded default."""
+    if mixture.datasets:
+        return [d.path for d in mixture.datasets]
+    if script_args.dataset_name:
+        return [script_args.dataset_name]
+    if embedded:
+        return [
+            f"embedded long-tailed chat data ({script_args.default_num_short} short + {script_args.default_num_long} "
+            "long samples, longalign_hf.data.synthetic)"
+        ]
+    return []
+
+
 def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, mixture: DatasetMixtureConfig):
     # Only the main process reports; the others speak up for warnings and errors.
     level = logging.INFO if training_args.process_index == 0 else logging.WARNING
@@ -230,6 +244,7 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        dataset_names=dataset_names(script_args, mixture, embedded),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 

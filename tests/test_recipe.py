@@ -133,6 +133,9 @@ def test_recipe_starts_under_ddp_with_two_processes(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Model saved to" in completed.stdout and os.path.exists(tmp_path / "out" / "model.safetensors")
+    # One card, written by the main process, that counts both processes.
+    card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    assert "| devices | 2 x CPU (" in card and "x 2 process(es)) |" in card
 
 
 def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import datasets
 import numpy as np
@@ -83,9 +84,13 @@ def tokenize_eval(eval_dataset, tokenizer, args: LongAlignConfig):
 
 def pack_with_costs(
     dataset: datasets.Dataset, args: LongAlignConfig, constant: float, seed: int, multiple_of: int = 1
-) -> datasets.Dataset:
+) -> tuple[datasets.Dataset, dict[str, Any]]:
     """`pack_dataset` plus each pack's compute `cost` (the balanced schedule's key), with one log line on the packing
-    and the step balance it allows."""
+    and the step balance it allows.
+
+    Returns the packed data set and the figures of that log line (`num_samples`, `num_packs`, `samples_per_pack_mean`,
+    `samples_per_pack_min`, `samples_per_pack_max`, `fill`, `max_length`, `step_balance` per schedule), which the
+    model card reports."""
     packed = pack_dataset(
         dataset, args.max_length, strategy=args.pack_planner, multiple_of=multiple_of,
         attention_constant=constant,
@@ -101,11 +106,20 @@ def pack_with_costs(
         name: step_efficiency(costs, balanced_pack_order(costs, packs_per_step, seed, balanced), devices, per_device)
         for name, balanced in (("balanced", True), ("random", False))
     }
-    fill = column_array(packed, "length").sum() / (len(packed) * args.max_length)
+    stats = {
+        "num_samples": int(num_samples.sum()),
+        "num_packs": len(packed),
+        "samples_per_pack_mean": float(num_samples.mean()),
+        "samples_per_pack_min": int(num_samples.min()),
+        "samples_per_pack_max": int(num_samples.max()),
+        "fill": float(column_array(packed, "length").sum() / (len(packed) * args.max_length)),
+        "max_length": args.max_length,
+        "step_balance": balance,
+    }
     logger.info(
         "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
         "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
-        num_samples.sum(), len(packed), num_samples.mean(), fill, args.max_length, args.pack_schedule,
-        devices, constant, balance["balanced"], balance["random"],
+        stats["num_samples"], stats["num_packs"], stats["samples_per_pack_mean"], stats["fill"], args.max_length,
+        args.pack_schedule, devices, constant, balance["balanced"], balance["random"],
     )  # fmt: skip
-    return packed
+    return packed, stats

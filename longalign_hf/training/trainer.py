@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 import torch
@@ -21,6 +23,7 @@ from longalign_hf.training.collator import (
 )
 from longalign_hf.training.config import LongAlignConfig
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
+from longalign_hf.training.model_card import collect_training_facts, data_statistics, training_card, write_card
 from longalign_hf.training.packed_dataset import column_array
 from longalign_hf.training.preparation import apply_template_settings, pack_with_costs, tokenize, tokenize_eval
 from longalign_hf.training.sampler import SortedBatchSampler
@@ -53,7 +56,9 @@ class LongAlignSFTTrainer(SFTTrainer):
     `[tokens, vocab]` logits are never materialized.
 
     `train_dataset` can hold `messages` conversations (tokenized here, assistant tokens only as targets) or already
-    tokenized `input_ids` + `labels`. With `batching="pack"` it is packed once, up front.
+    tokenized `input_ids` + `labels`. With `batching="pack"` it is packed once, up front. `dataset_names` (Hub ids,
+    paths or descriptions of the training data) are named in the model card that `save_model` writes next to the
+    weights (`README.md`: the recipe, the data's token statistics, the measured packing, hardware, time, versions).
 
     Example:
         ```python
@@ -70,7 +75,8 @@ class LongAlignSFTTrainer(SFTTrainer):
     _tag_names = ["trl", "sft", "longalign"]
 
     def __init__(self, model, args: LongAlignConfig | None = None, data_collator=None, train_dataset=None,
-                 eval_dataset=None, processing_class=None, **kwargs):  # fmt: skip
+                 eval_dataset=None, processing_class=None, *, dataset_names: Sequence[str] | None = None,
+                 **kwargs):  # fmt: skip
         name = model if isinstance(model, str) else model.config._name_or_path
         if args is None:
             args = LongAlignConfig(f"{name.split('/')[-1]}-LongAlign")
@@ -97,10 +103,12 @@ class LongAlignSFTTrainer(SFTTrainer):
             padding_free=args.batching == "pack",
             pad_to_multiple_of=args.pad_to_multiple_of,
         )
+        rows = len(train_dataset) if isinstance(train_dataset, datasets.Dataset) else 0
         with args.main_process_first(desc="LongAlign data preparation"):
             # The main process tokenizes first and writes the `datasets` cache; the others then read it.
             train_dataset = tokenize(train_dataset, processing_class, args, "train")
             eval_dataset = tokenize_eval(eval_dataset, processing_class, args)
+        statistics = data_statistics(rows, train_dataset) if train_dataset is not None else None
         super().__init__(
             model, args=args, data_collator=collator, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, **kwargs,
@@ -130,16 +138,19 @@ class LongAlignSFTTrainer(SFTTrainer):
                 f"{type(self.model).__name__} has no LM head, so the loss has no token log-probabilities to weight. "
                 "Load the model with `AutoModelForCausalLM` (not `AutoModel`)."
             )
+        self._packing_statistics = None
         with args.main_process_first(desc="LongAlign packing"):
             if args.batching == "pack":
                 # Train packs divide evenly over the devices: accelerate would otherwise repeat packs in the last
                 # round (evaluation drops repeated rows itself).
                 slots = 1 if args.dataloader_drop_last else args.world_size * args.per_device_train_batch_size
-                self.train_dataset = self._pack(self.train_dataset, multiple_of=slots)
+                self.train_dataset, self._packing_statistics = self._pack(self.train_dataset, multiple_of=slots)
             self.eval_dataset = self._pack_eval(self.eval_dataset)
         self._step_totals: tuple[torch.Tensor, torch.Tensor] | None = None
         self._throughput_mark: tuple[float, int] | None = None
         self._eval_totals: torch.Tensor | None = None
+        self._data_statistics = statistics
+        self._dataset_names = list(dataset_names or [])
 
     # ---- data -------------------------------------------------------------------------------------------------
 
@@ -151,9 +162,9 @@ class LongAlignSFTTrainer(SFTTrainer):
             return {key: self._pack_eval(value) for key, value in eval_dataset.items()}
         if eval_dataset is None or not self._packs_eval() or "seq_lengths" in eval_dataset.column_names:
             return eval_dataset
-        return self._pack(eval_dataset)
+        return self._pack(eval_dataset)[0]
 
-    def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> datasets.Dataset:
+    def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> tuple[datasets.Dataset, dict]:
         return pack_with_costs(dataset, self.args, self._attention_cost_constant(), self._data_seed, multiple_of)
 
     def _attention_cost_constant(self) -> float:
@@ -346,6 +357,33 @@ class LongAlignSFTTrainer(SFTTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             eval_dataset = self._pack_eval(tokenize_eval(eval_dataset, self.processing_class, self.args))
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    # ---- model card -------------------------------------------------------------------------------------------
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's `save_model`, then the LongAlign model card (`README.md`) next to the weights."""
+        super().save_model(output_dir, _internal_call)
+        self._write_model_card(output_dir or self.args.output_dir)
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:  # fmt: skip
+        """Write the LongAlign model card to `args.output_dir` in place of TRL's (`push_to_hub` and TRL's
+        checkpoints call this before they upload); `dataset_name` and `tags` are added to the card's."""
+        if dataset_name and dataset_name not in self._dataset_names:
+            self._dataset_names.append(dataset_name)
+        self._write_model_card(self.args.output_dir, model_name, [tags] if isinstance(tags, str) else tags)
+
+    def _write_model_card(self, folder: str, model_name: str | None = None, tags: list[str] | None = None) -> None:
+        if not self.args.should_save:
+            return  # the processes that save weights write the card; the others have nothing to write
+        if model_name is None:
+            model_name = (self.args.hub_model_id or Path(self.args.output_dir).resolve().name).split("/")[-1]
+        tags = [*self._tag_names, "long-context", *(tags or []), *(getattr(self.model, "model_tags", None) or [])]
+        facts = collect_training_facts(
+            self, model_name, self._dataset_names, self._data_statistics, self._packing_statistics, tags
+        )
+        path = write_card(folder, training_card(facts))
+        logger.info("Model card written to %s", path)
 
     def predict(self, *args, **kwargs):
         raise NotImplementedError(

@@ -7,6 +7,10 @@ longalign eval longbench-chat --model my-org/model --generation-base-url http://
 ```
 
 The output folder, resuming and the exit status are described in `longalign_hf.evaluation.longbench_chat.runner`.
+When `--model` is a local folder, a complete run (no `--limit`, no case left unscored) adds its score to the model
+card (`README.md`): a `model-index` entry (mean rating on the 1-10 scale, judge model, date) and a summary section,
+both replacing those of an earlier run with the same configuration and judge (`longalign_hf.evaluation.model_card`;
+`--no-model-card` leaves the card alone).
 
 Light at import (torch, transformers and `datasets` load when the command runs), so `longalign --help` answers at
 once.
@@ -15,13 +19,22 @@ once.
 from __future__ import annotations
 
 import argparse
+import datetime
 from typing import Any
 
 from longalign_hf import command_args
 from longalign_hf.evaluation import run_folder
 from longalign_hf.evaluation.longbench_chat.cases import DEFAULT_DATASET
 from longalign_hf.evaluation.longbench_chat.runner import DEFAULT_JUDGE_MODEL, run_longbench_chat
-from longalign_hf.evaluation.longbench_chat.summary import format_summary, shortfall
+from longalign_hf.evaluation.longbench_chat.summary import (
+    card_key,
+    card_section,
+    format_summary,
+    model_index_result,
+    shortfall,
+)
+from longalign_hf.evaluation.model_card import record_in_model_card
+from longalign_hf.training.model_card import hub_id
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,7 +160,27 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _main(args: argparse.Namespace) -> int:
     results = run_longbench_chat(args.model, **options_from_args(args))
     print(format_summary([results]))
+    if not args.no_model_card:
+        _add_to_model_card(args, results)
     return run_folder.exit_status(shortfall(results), args.allow_incomplete)
+
+
+def _add_to_model_card(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The score (as a `model-index` entry) and the summary, in `--model`'s card; only for a complete run."""
+    missing = shortfall(results)
+    if args.limit is not None:
+        reason = f"--limit {args.limit} runs only the first cases (a smoke test, not the benchmark's score)"
+    else:
+        reason = None if missing is None else f"the results are incomplete ({missing})"
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    entry = model_index_result(results, date, hub_id(args.dataset) or "longbench-chat") if reason is None else None
+    record_in_model_card(
+        args.model,
+        card_key(results),
+        card_section(results, date),
+        eval_results=[entry] if entry is not None else [],
+        skip_reason=reason,
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -161,6 +194,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--model",
         required=True,
         help="model path or Hub id (with --generation-base-url: the model name the server serves)",
+    )
+    parser.add_argument(
+        "--no-model-card",
+        action="store_true",
+        help="leave a local --model folder's README.md as it is (default: add the score and summary to it)",
     )
     add_arguments(parser)
     parser.set_defaults(func=_main)

@@ -1,8 +1,10 @@
-"""What LongBench-Chat runs amount to: what a run lacks (`shortfall`) and one Markdown table over runs
-(`format_summary`)."""
+"""What LongBench-Chat runs amount to: what a run lacks (`shortfall`), one Markdown table over runs
+(`format_summary`), and a run's section and `model-index` entry in the model card (`card_key`, `card_section`,
+`model_index_result`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,3 +67,58 @@ def format_summary(results: Sequence[dict[str, Any]]) -> str:
     )
     lines += [f"**Incomplete:** {note}." for note in map(shortfall, results) if note is not None]
     return "\n".join(lines)
+
+
+def card_key(results: dict[str, Any]) -> str:
+    """The model card section of a run: one per data set configuration and judge, so a rerun replaces its own.
+
+    >>> card_key({"config": "all", "judge_model": "gpt-4o-2024-05-13"})
+    'longbench-chat:all:gpt-4o-2024-05-13'
+    """
+    judge = re.sub(r"-{2,}", "-", re.sub(r"[^\w.:/@+-]", "_", results["judge_model"]))  # HTML comments allow no "--"
+    return f"longbench-chat:{results['config']}:{judge}"
+
+
+def card_section(results: dict[str, Any], date: str) -> str:
+    """The LongBench-Chat section of a model card: what was run (`date`: when) and the `format_summary` table."""
+    generation = results["generation"]
+    via = "transformers" if generation["via"] == "transformers" else "a generation server"
+    cut = f"prompts over {generation['max_length']:,} tokens cut in the middle" if generation["max_length"] else ""
+    lines = [
+        f"### LongBench-Chat ({results['config']}, judge {results['judge_model']})",
+        "",
+        f"`longalign eval longbench-chat`, {date}: {results['num_cases']} cases of `{results['dataset']}` "
+        f"(configuration {results['config']}), answered through {via} at temperature {generation['temperature']:g} "
+        f"(at most {generation['max_new_tokens']} new tokens, seed {generation['seed']}{'; ' + cut if cut else ''}), "
+        f"rated 1-10 by `{results['judge_model']}` in {results['judge_settings']['n_runs']} runs, averaged.",
+        "",
+        format_summary([results]),
+    ]
+    return "\n".join(lines)
+
+
+def model_index_result(results: dict[str, Any], date: str, dataset_type: str):
+    """The run's score as a `huggingface_hub.EvalResult`, the `model-index` entry the Hub shows: the mean rating on
+    the judge's 1-10 scale, with the judge model, its runs and the date (`metric_args`). `dataset_type` is the data
+    set's Hub id (or another identifier when it was read from a local folder)."""
+    from huggingface_hub import EvalResult
+
+    return EvalResult(
+        task_type="text-generation",
+        task_name="Long-context instruction following",
+        dataset_type=dataset_type,
+        dataset_name="LongBench-Chat",
+        dataset_config=results["config"],
+        dataset_split="test",
+        metric_type="longbench_chat",
+        metric_name=f"LongBench-Chat score (1-10, judge {results['judge_model']})",
+        metric_value=round(results["score"], 2),
+        metric_config=results["judge_model"],
+        metric_args={
+            "scale": "1-10",
+            "judge_model": results["judge_model"],
+            "judge_runs": results["judge_settings"]["n_runs"],
+            "cases": results["num_cases"],
+            "date": date,
+        },
+    )

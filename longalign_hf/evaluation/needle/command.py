@@ -6,7 +6,9 @@ longalign eval needle --model ./my-run --lengths 1k,4k,16k --depths 5 --probes s
 ```
 
 No API is needed: the model answers locally through its own chat template (greedy by default) and the answers are
-scored by string matching; an LLM-judge score can be added with `--judge-model`.
+scored by string matching; an LLM-judge score can be added with `--judge-model`. When `--model` is a local folder, the
+heatmaps and the summary table are added to its model card (`README.md`), replacing those of an earlier run
+(`longalign_hf.evaluation.model_card`; `--no-model-card` leaves the card alone).
 
 How a prompt is built and the probes are in `longalign_hf.evaluation.needle.probes`, the output folder in
 `longalign_hf.evaluation.needle.runner`.
@@ -17,11 +19,14 @@ Light at import (torch and transformers load when the command runs), so `longali
 from __future__ import annotations
 
 import argparse
+import datetime
 import re
+from pathlib import Path
 from typing import Any
 
 from longalign_hf import command_args
 from longalign_hf.evaluation import run_folder
+from longalign_hf.evaluation.model_card import record_in_model_card
 from longalign_hf.evaluation.needle.probes import (
     DEFAULT_LENGTHS,
     DEFAULT_NUM_DEPTHS,
@@ -29,8 +34,8 @@ from longalign_hf.evaluation.needle.probes import (
     NEEDLE_TYPES,
     PROBES,
 )
-from longalign_hf.evaluation.needle.runner import run_needle
-from longalign_hf.evaluation.needle.summary import format_summary, shortfall
+from longalign_hf.evaluation.needle.runner import default_output_dir, run_needle
+from longalign_hf.evaluation.needle.summary import card_section, format_summary, shortfall
 
 # The shortest length accepted on the command line: no chat prompt with a question and a needle is shorter.
 MIN_LENGTH = 100
@@ -197,7 +202,24 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _main(args: argparse.Namespace) -> int:
     results = run_needle(args.model, **options_from_args(args))
     print(format_summary(results))
+    if not args.no_model_card:
+        _add_to_model_card(args, results)
     return run_folder.exit_status(shortfall(results), args.allow_incomplete)
+
+
+def _add_to_model_card(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """The heatmaps (copied next to the card as `needle_heatmap_*.png`) and the summary, in `--model`'s card."""
+    output_dir = Path(args.output_dir) if args.output_dir is not None else default_output_dir(args.model)
+    images = [(output_dir / name, f"needle_{name}") for name in results["heatmaps"]]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    missing = shortfall(results)
+    record_in_model_card(
+        args.model,
+        "needle",
+        card_section(results, [name for _, name in images], date),
+        images=images,
+        skip_reason=None if missing is None else f"the results are incomplete ({missing})",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -208,5 +230,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument("--model", required=True, help="model path or Hub id")
+    parser.add_argument(
+        "--no-model-card",
+        action="store_true",
+        help="leave a local --model folder's README.md as it is (default: add the heatmaps and summary to it)",
+    )
     add_arguments(parser)
     parser.set_defaults(func=_main)

@@ -303,6 +303,7 @@ def run_needle(
             title = f"{model_name}: single needle ({judge.model} rating 1-10)"
             heatmaps.append(("heatmap_single_judge.png", probe_records, title, "judge_rating"))
     drawable = [heatmap for heatmap in heatmaps if any(record.get(heatmap[3]) is not None for record in heatmap[1])]
+    results["heatmaps"] = [heatmap[0] for heatmap in drawable]
     results["heatmaps_skipped"] = [heatmap[0] for heatmap in heatmaps if heatmap not in drawable]
     results["records"] = kept
 

@@ -1,9 +1,10 @@
-"""What a needle run amounts to: mean scores per probe, length and depth (`summarize`), what it lacks (`shortfall`)
-and its Markdown summary (`format_summary`)."""
+"""What a needle run amounts to: mean scores per probe, length and depth (`summarize`), what it lacks (`shortfall`),
+its Markdown summary (`format_summary`) and its section of the model card (`card_section`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from statistics import mean
 from typing import Any
 
@@ -77,3 +78,33 @@ def format_summary(results: dict[str, Any]) -> str:
     for name in results["heatmaps_skipped"]:
         lines.append(f"{name} not drawn: no record has a value to show")
     return "\n".join(lines)
+
+
+def card_section(results: dict[str, Any], images: Sequence[str], date: str) -> str:
+    """The needle section of a model card: what was run (`date`: when), the heatmaps (`images`: file names next to
+    the card) and the `format_summary` table."""
+    settings = results["settings"]
+    haystack = f"the .txt files of `{Path(settings['haystack']).name}/`"
+    if settings["haystack"] == "pydoc_data.topics":
+        haystack = "the Python documentation"
+    table, _, notes = format_summary(results).partition("\n\n")
+    probes = ", ".join(results["scores"])
+    sampling = "greedy" if settings["temperature"] == 0 else f"sampled at temperature {settings['temperature']:g}"
+    judge = ""
+    if results.get("judge_model"):
+        judge = f"; the judge `{results['judge_model']}` also rated the single needle 1-10"
+    lines = [
+        "### Needle in a haystack",
+        "",
+        f"`longalign eval needle`, {date}: probes {probes} at {len(results['depths'])} depths of {haystack} cut to "
+        f"prompts of {', '.join(map(_label, results['lengths']))} tokens; answers {sampling}, at most "
+        f"{settings['max_new_tokens']} new tokens. A score is the fraction of the expected facts found in the answer "
+        f"(0-1){judge}.",
+        "",
+        *(f"![needle heatmap: {name.removesuffix('.png').split('heatmap_')[-1]}]({name})" for name in images),
+        "",
+        table,
+        "",
+        *(f"- {note}" for note in notes.splitlines() if note),  # a list: lines of one paragraph would run together
+    ]
+    return "\n".join(lines).rstrip()
