@@ -135,7 +135,7 @@ def test_recipe_starts_under_ddp_with_two_processes(tmp_path):
     assert "Model saved to" in completed.stdout and os.path.exists(tmp_path / "out" / "model.safetensors")
     # One card, written by the main process, that counts both processes.
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
-    assert "| devices | 2 x CPU (" in card and "x 2 process(es)) |" in card
+    assert "| devices | 2 x CPU (" in card and "x 2 data-parallel replica(s)) |" in card
 
 
 def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):
@@ -259,3 +259,6 @@ def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_
     log = completed.stdout + completed.stderr
     assert "sp_size=2 x data parallel 1" in log and "512 tokens per rank" in log
     assert "'loss'" in log and os.path.exists(tmp_path / "out" / "model.safetensors")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| sequence parallelism | DeepSpeed Ulysses, sp_size 2: each row is split into 512 tokens per rank |" in card
+    assert "x 1 data-parallel replica(s)) |" in card

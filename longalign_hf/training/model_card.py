@@ -134,6 +134,7 @@ def collect_training_facts(
             "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "num_processes": trainer.accelerator.num_processes,
+            "sp_size": getattr(trainer, "_sp_size", 1),
             "learning_rate": args.learning_rate,
             "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
             "warmup_steps": args.warmup_steps,
@@ -234,7 +235,9 @@ def _settings_section(facts: dict[str, Any]) -> str:
         "sequence": "every sample counts equally: `(1/M) * sum_i L_i / N_i` over the global batch (LongAlign)",
         "token": "every target token counts equally: `sum_i L_i / sum_i N_i` (TRL's default)",
     }[s["loss_weighting"]]
-    global_batch = s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] * s["num_processes"]
+    sp_size = s.get("sp_size", 1)
+    replicas = s["num_processes"] // sp_size  # the ranks of an SP group share each row
+    global_batch = s["per_device_train_batch_size"] * s["gradient_accumulation_steps"] * replicas
     unit = "packs" if s["batching"] == "pack" else "samples"
     rows = [
         ("batching", f"`{s['batching']}`"),
@@ -247,7 +250,7 @@ def _settings_section(facts: dict[str, Any]) -> str:
         (
             "global batch",
             f"{global_batch} {unit} ({s['per_device_train_batch_size']} per device x "
-            f"{s['gradient_accumulation_steps']} accumulation steps x {s['num_processes']} process(es))",
+            f"{s['gradient_accumulation_steps']} accumulation steps x {replicas} data-parallel replica(s))",
         ),
         (
             "optimizer",
@@ -259,6 +262,9 @@ def _settings_section(facts: dict[str, Any]) -> str:
         ("activation checkpointing", "on" if s["activation_checkpointing"] else "off"),
         ("seed", str(s["seed"])),
     ]
+    if sp_size > 1:
+        rows.insert(7, ("sequence parallelism", f"DeepSpeed Ulysses, sp_size {sp_size}: each row is split into "
+                        f"{_number(s['max_length'] // sp_size)} tokens per rank"))  # fmt: skip
     return f"## LongAlign settings\n\n{_table(('setting', 'value'), rows)}"
 
 

@@ -226,14 +226,16 @@ def _relative_error(got, want):
 @pytest.mark.gpu
 @pytest.mark.parametrize("sizes", [[5, 17, 1, 9], [1] * 12, [3] * 40 + [50], [300, 700, 24]])
 @pytest.mark.parametrize("key_heads", [2, 8])
-def test_the_real_kernel_matches_the_reference_on_gpu(fresh_log, caplog, sizes, key_heads):
+# Under Ulysses sequence parallelism the kernel gets no `cu_seq_lens`: it reads the gathered, restarting position ids.
+@pytest.mark.parametrize("bounds_from", ["cu_seq_lens", "position_ids"])
+def test_the_real_kernel_matches_the_reference_on_gpu(fresh_log, caplog, sizes, key_heads, bounds_from):
     if varlen_attention.varlen_attn is None or varlen_attention._device_reason(torch.device("cuda")) is not None:
         pytest.skip("no varlen_attn in this torch, or a GPU older than Ampere")
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}, varlen_attn takes "
           f"{sorted(inspect.signature(varlen_attention.varlen_attn).parameters)}")  # fmt: skip
     query, key, value = (t.cuda() for t in _packed_inputs(sizes, query_heads=8, key_heads=key_heads, head_dim=64))
     inputs = [tensor.to(torch.bfloat16).requires_grad_() for tensor in (query, key, value)]
-    bounds = {name: v.cuda() if torch.is_tensor(v) else v for name, v in _bounds(sizes, "cu_seq_lens").items()}
+    bounds = {name: v.cuda() if torch.is_tensor(v) else v for name, v in _bounds(sizes, bounds_from).items()}
     with caplog.at_level(logging.WARNING, logger=varlen_attention.__name__):
         output = varlen_packed_attention_forward(MODULE, *inputs, None, **bounds)[0]
     assert not caplog.records, caplog.text
