@@ -260,5 +260,7 @@ def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_
     assert "sp_size=2 x data parallel 1" in log and "512 tokens per rank" in log
     assert "'loss'" in log and os.path.exists(tmp_path / "out" / "model.safetensors")
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "| sequence parallelism | DeepSpeed Ulysses, sp_size 2: each row is split into 512 tokens per rank |" in card
+    assert (
+        "| sequence parallelism | DeepSpeed Ulysses, sp_size 2: each row is split into 512 tokens per rank |" in card
+    )
     assert "x 1 data-parallel replica(s)) |" in card

@@ -64,7 +64,9 @@ def test_the_card_reports_the_settings_the_run_used(embedded_run):
     assert rows["pack planner"] == "`next_fit`" and rows["pack schedule"] == "`random`"
     assert rows["max length"] == "1,024" and rows["overflow"] == "`truncate`"
     assert rows["attention"] == f"`{trainer.model.config._attn_implementation}`"
-    assert rows["global batch"].startswith("2 packs (1 per device x 2 accumulation steps x 1 data-parallel replica(s))")
+    assert rows["global batch"].startswith(
+        "2 packs (1 per device x 2 accumulation steps x 1 data-parallel replica(s))"
+    )
     assert rows["optimizer"].startswith(f"{trainer.args.optim.value}, learning rate 0.001, cosine schedule")
     assert rows["seed"] == "42" and rows["precision"] == "fp32"
 
