@@ -5,13 +5,17 @@ Each (sp_size, row length) runs in fresh processes: `LongAlignSFTTrainer` with p
 sp_size 1 is one process without DeepSpeed; sp_size S > 1 is S processes under DeepSpeed ZeRO-1 with
 `ParallelismConfig(sp_size=S, sp_backend="deepspeed")` (the real `UlyssesSPDataLoaderAdapter` and
 `UlyssesSPAttentionHF`; gloo on a CPU). The model is a small Llama shape (hidden 256, 4 layers, 8 heads, 4 key/value
-heads, byte vocabulary) so that activations, which SP splits, dominate the memory.
+heads, byte vocabulary). Activation checkpointing is off by default, so that the forward keeps every activation; the
+recipes turn it on (`--activation-checkpointing on`), which keeps only each layer's input (also split by SP).
 
-Memory: on a CPU, the peak resident memory of the process (`ru_maxrss`) above its resident memory just before training
-(the model, the data and the process group exist); on a GPU, `torch.cuda.max_memory_allocated` above the allocation
-before training. The largest rank is reported. Step time: the median of the steps after the first.
+Memory, the largest rank's: (1) activations: the bytes of the tensors autograd keeps from a step's forward for its
+backward (each storage once, weights included), what SP divides; (2) on a CPU, the peak resident memory of the
+process (`ru_maxrss`) above its resident memory just before training, which also counts what does not scale with the
+row (TRL's fused LM head allocates 4096 x 32768 fp32 tiles whatever the vocabulary, DeepSpeed's engine and its
+shared-memory collectives, allocator caching); on a GPU, `torch.cuda.max_memory_allocated` above the allocation
+before training. Step time: the median of the steps after the first (each process runs one thread).
 
-    python benchmark/sequence_parallel.py                      # 16k / 32k / 64k tokens, sp_size 1 and 2, on the CPU
+    python benchmark/sequence_parallel.py --steps 2            # 16k / 32k / 64k tokens, sp_size 1 and 2, on the CPU
     python benchmark/sequence_parallel.py --quick              # a smoke test (2k tokens)
 """
 
@@ -35,7 +39,7 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * resource.getpagesize()
 
 
-def _worker(length: int, sp_size: int, steps: int, output: str) -> None:
+def _worker(length: int, sp_size: int, steps: int, checkpointing: bool, output: str) -> None:
     """One measurement, in this process (one rank of `sp_size`)."""
     import datasets
     import torch
@@ -74,7 +78,7 @@ def _worker(length: int, sp_size: int, steps: int, output: str) -> None:
         }  # fmt: skip
     args = LongAlignConfig(
         output_dir=tempfile.mkdtemp(), batching="pack", loss_weighting="sequence", max_length=length,
-        per_device_train_batch_size=1, max_steps=steps, activation_checkpointing=False, bf16=False,
+        per_device_train_batch_size=1, max_steps=steps, activation_checkpointing=checkpointing, bf16=False,
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, **parallel,
     )  # fmt: skip
     cuda = torch.cuda.is_available()
@@ -90,16 +94,41 @@ def _worker(length: int, sp_size: int, steps: int, output: str) -> None:
             self.times.append(time.perf_counter() - self.start)
 
     timer = _Timer()
+    saved_bytes: list[int] = []
+
+    def counting_saved_tensors(compute_loss):
+        """`compute_loss` that also records the bytes of the tensors autograd keeps for the backward (each storage
+        once): the activation memory of this rank's forward."""
+
+        def wrapped(*args, **kwargs):
+            storages: dict[int, int] = {}
+
+            def pack(tensor):
+                storage = tensor.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+                return tensor
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                result = compute_loss(*args, **kwargs)
+            saved_bytes.append(sum(storages.values()))
+            return result
+
+        return wrapped
 
     def main():
         trainer = LongAlignSFTTrainer(
             model=model, args=args, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer,
             callbacks=[timer],
         )  # fmt: skip
+        trainer.compute_loss = counting_saved_tensors(trainer.compute_loss)
         baseline = torch.cuda.memory_allocated() if cuda else _rss_bytes()
         trainer.train()
         peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        result = {"peak_bytes": peak - baseline, "step_seconds": statistics.median(timer.times[1:] or timer.times)}
+        result = {
+            "peak_bytes": peak - baseline,
+            "saved_bytes": max(saved_bytes),
+            "step_seconds": statistics.median(timer.times[1:] or timer.times),
+        }
         rank = int(os.environ.get("RANK", "0"))
         with open(f"{output}.{rank}.json", "w") as handle:
             json.dump(result, handle)
@@ -107,10 +136,18 @@ def _worker(length: int, sp_size: int, steps: int, output: str) -> None:
     run_then_exit(main)
 
 
-def _measure(length: int, sp_size: int, steps: int) -> dict:
+def _measure(length: int, sp_size: int, steps: int, checkpointing: bool) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "result")
-        worker = [os.path.abspath(__file__), "--worker", str(length), str(sp_size), str(steps), output]
+        worker = [
+            os.path.abspath(__file__),
+            "--worker",
+            str(length),
+            str(sp_size),
+            str(steps),
+            str(int(checkpointing)),
+        ]
+        worker.append(output)
         if sp_size == 1:
             command = [sys.executable, *worker]
         else:
@@ -123,10 +160,13 @@ def _measure(length: int, sp_size: int, steps: int) -> dict:
         for rank in range(sp_size):
             with open(f"{output}.{rank}.json") as handle:
                 ranks.append(json.load(handle))
-    return {
-        "peak_bytes": max(rank["peak_bytes"] for rank in ranks),
-        "step_seconds": max(rank["step_seconds"] for rank in ranks),
-    }
+    return {key: max(rank[key] for rank in ranks) for key in ("saved_bytes", "peak_bytes", "step_seconds")}
+
+
+def _cell(measured: dict, base: dict | None, key: str) -> str:
+    """MiB, and the ratio to sp_size 1."""
+    ratio = f"{measured[key] / base[key]:.2f}" if base else "-"
+    return f"{measured[key] / 2**20:,.0f} | {ratio}"
 
 
 def main() -> None:
@@ -136,26 +176,39 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2k tokens, 2 steps: a smoke test")
     parser.add_argument("--json", help="also write the results to this file")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--activation-checkpointing", choices=["on", "off"], default="off",
+        help="recompute each layer in the backward, as the recipes do (default off: every activation is kept, so the "
+        "activation column is the whole forward's)",
+    )  # fmt: skip
+    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.worker:
-        length, sp_size, steps, output = options.worker
-        _worker(int(length), int(sp_size), int(steps), output)
+        length, sp_size, steps, checkpointing, output = options.worker
+        _worker(int(length), int(sp_size), int(steps), checkpointing == "1", output)
         return
     if options.quick:
         options.lengths, options.steps = [2048], 2
-    print(f"Model: Llama shape, hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads ({KV_HEADS} kv), fp32, packed rows")
-    print("| tokens per row | sp_size | tokens per rank | peak memory per rank (MiB) | vs sp_size 1 | step (s) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    checkpointing = options.activation_checkpointing == "on"
+    print(
+        f"Model: Llama shape, hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads ({KV_HEADS} kv), fp32, packed rows; "
+        f"activation checkpointing {options.activation_checkpointing}; {options.steps} steps"
+    )
+    print(
+        "| tokens per row | sp_size | tokens per rank | activations per rank (MiB) | vs sp_size 1 "
+        "| peak RSS above start (MiB) | vs sp_size 1 | step (s) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
     for length in options.lengths:
         base = None
         for sp_size in options.sp_sizes:
-            measured = _measure(length, sp_size, options.steps)
-            base = measured["peak_bytes"] if sp_size == 1 else base
-            ratio = f"{measured['peak_bytes'] / base:.2f}" if base else "-"
+            measured = _measure(length, sp_size, options.steps, checkpointing)
+            base = measured if sp_size == 1 else base
+
+            saved, peak = (_cell(measured, base, key) for key in ("saved_bytes", "peak_bytes"))
             print(
-                f"| {length:,} | {sp_size} | {length // sp_size:,} | {measured['peak_bytes'] / 2**20:,.0f} | {ratio} "
+                f"| {length:,} | {sp_size} | {length // sp_size:,} | {saved} | {peak} "
                 f"| {measured['step_seconds']:.2f} |",
                 flush=True,
             )
