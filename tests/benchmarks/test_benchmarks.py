@@ -171,3 +171,15 @@ def test_planner_vs_trl_quick(benchmark, capsys):
         position_ids = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths(packed["seq_lengths"])
         assert [len(ids) for ids in position_ids] == row_tokens
         assert sum(int((ids == 0).sum()) for ids in position_ids) == len(lengths)  # one restart per sample
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sequence_parallel_benchmark_halves_activations_per_rank(benchmark, capsys, monkeypatch):
+    pytest.importorskip("deepspeed")
+    monkeypatch.setattr("sys.argv", ["sequence_parallel.py", "--quick"])
+    benchmark("sequence_parallel").main()
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| 2,048")]
+    assert [row[1].strip() for row in rows] == ["1", "2"] and rows[1][2].strip() == "1,024"
+    # Each rank keeps the activations of its half of the row (plus the weights and the full-row attention exchange).
+    assert float(rows[1][4]) < 0.7
