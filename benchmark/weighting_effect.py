@@ -28,8 +28,10 @@ teacher-forced argmax is right. The verdict's rule was fixed before the first co
     python benchmark/weighting_effect.py --out results.json
 
 The sizes were calibrated on whether anything is learned at all, with one mode (naive + token, seed 0) on each family
-of tasks alone, never on a comparison of modes; BENCHMARKS.md lists the calibration runs. The tasks outside the default
-mix (`--tasks lookup,needle,reverse`) are the ones that calibration found the tiny model does not learn in the budget.
+of tasks alone (once on the whole mix), never on a comparison of modes; BENCHMARKS.md lists the calibration runs. The
+tasks outside the default mix (`--tasks lookup,needle,reverse`) are the ones that calibration found the tiny model does
+not learn in the budget. With the defaults the long-input tasks too stayed at chance in every mode (BENCHMARKS.md §10):
+in this budget the miniature cannot show whether sequence weighting recovers them.
 
 This project's `"token"` weighting is the exact token mean over the whole optimizer step (`sum_i L_i / sum_i N_i`
 over every micro-step), not the reference code's mean of per-pack token means, so naive + token and pack + token
