@@ -13,8 +13,10 @@ What LongAlign adds, and why:
 - The pack-wide `cu_seq_lens` describe the whole row and cannot be sliced; the core attention finds the samples from
   the gathered, restarting position ids instead. Plain `sdpa` would not (with no mask it is causal over the whole
   row, so packed samples would attend to each other), so it is replaced by `sdpa_packed` / `varlen_packed`.
-- DeepSpeed sums gradients over the ranks of an SP group and averages them over data-parallel replicas, so the loss of
-  a slice is scaled by the data-parallel size only.
+- Each rank's loss is its tokens' share of the step's objective, scaled by what DeepSpeed divides the summed gradient
+  by (`gradient_divisor`: the data-parallel replicas, or every rank under ZeRO-3's reduce-scatter).
+- Rows are padded to `max_length` (`SequenceParallelCollator`), and evaluation runs whole rows without Ulysses
+  (`restore_kv_head_groups` undoes what DeepSpeed leaves on the attention modules).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ logger = logging.getLogger(__name__)
 # Per-token loss bookkeeping of a sequence-parallel batch (`[rows, tokens]`, sliced with the tokens).
 LOSS_SHIFT_NUM_TARGETS = "loss_shift_num_targets"
 LOSS_SAMPLE_STARTS = "loss_sample_starts"
-SEQUENCE_PARALLEL_KEYS = (LOSS_SHIFT_NUM_TARGETS, LOSS_SAMPLE_STARTS)
 
 # What a packed batch carries that describes the whole row and cannot be sliced along the sequence.
 _WHOLE_ROW_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", LOSS_NUM_TARGETS,
