@@ -1,6 +1,7 @@
 """benchmark/weighting_effect.py: its task mix is right, its quick run reports what it says, its verdict follows its rule."""
 
 import json
+import logging
 import random
 import re
 import string
@@ -92,7 +93,16 @@ def test_verdict_needs_long_tasks_better_in_every_seed_and_no_short_task_worse_i
     assert not reproduced and "worse in every seed: count" in text
 
 
-def test_weighting_effect_quick(benchmark, capsys, tmp_path):
+@pytest.fixture
+def library_log_level():
+    """The script quiets the library's logger; tests run after this one still read its INFO lines."""
+    logger = logging.getLogger("longalign_hf")
+    level = logger.level
+    yield
+    logger.setLevel(level)
+
+
+def test_weighting_effect_quick(benchmark, capsys, tmp_path, library_log_level):
     module = benchmark("weighting_effect")
     out = tmp_path / "results.json"
     results = module.main(["--quick", "--out", str(out)])

@@ -164,7 +164,7 @@ def test_longbench_chat_adds_a_model_index_entry_that_a_rerun_replaces(model_fol
 
 def test_a_smoke_test_run_leaves_the_card_alone(model_folder, dataset_dir, tmp_path, caplog):
     original = (model_folder / "README.md").read_bytes()
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="longalign_hf"):
         assert (
             _longbench_chat(model_folder, dataset_dir, tmp_path / "limited", 6, "loopback-judge", "--limit", "2") == 0
         )
@@ -239,7 +239,7 @@ def test_a_folder_without_a_card_gets_a_minimal_one(tmp_path):
 
 def test_cards_that_are_left_alone(tmp_path, caplog):
     (tmp_path / "README.md").write_text("---\n- not a mapping\n---\nbody\n", encoding="utf-8")
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="longalign_hf"):
         assert record_in_model_card(str(tmp_path), "needle", "### Needle") is None
         assert record_in_model_card("someone/hub-model", "needle", "### Needle") is None
     assert (tmp_path / "README.md").read_text(encoding="utf-8") == "---\n- not a mapping\n---\nbody\n"
