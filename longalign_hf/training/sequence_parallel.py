@@ -164,9 +164,15 @@ def check_sequence_parallel(args, parallelism_config, num_processes: int, is_dee
         )
 
 
-def isolating_core_attention(requested: str, packing_attention) -> str:
+def isolating_core_attention(model_attention: str, sp_attention: str | None, packing_attention) -> str:
     """The attention DeepSpeed's Ulysses wrapper must run over the gathered row: one that cuts packed samples apart from
-    the restarting position ids (`packing_attention` maps plain `sdpa` to `sdpa_packed` / `varlen_packed`)."""
+    the restarting position ids (`packing_attention` maps plain `sdpa` to `sdpa_packed` / `varlen_packed`).
+
+    The model's own choice (FlashAttention, say, picked by the recipe or `--attn_implementation`) wins over the SP
+    config's `sp_attn_implementation`, which accelerate sets to `sdpa` when it is not given; the SP config's choice is
+    used when the model runs one of the defaults, `sdpa` or `eager`.
+    """
+    requested = sp_attention if sp_attention and model_attention in ("sdpa", "eager") else model_attention
     target = packing_attention(requested)
     if target == "eager":
         raise ValueError(

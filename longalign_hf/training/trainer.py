@@ -125,9 +125,9 @@ class LongAlignSFTTrainer(SFTTrainer):
             backend = self.model.config._attn_implementation
             if self._sp_size > 1:
                 # DeepSpeed wraps the attention named in the SP handler, and requires the model to run that one.
-                requested = parallelism.sp_handler.sp_attn_implementation or backend
-                target = isolating_core_attention(requested, packing_attention)
-                parallelism.sp_handler.sp_attn_implementation = target
+                handler = parallelism.sp_handler
+                target = isolating_core_attention(backend, handler.sp_attn_implementation, packing_attention)
+                handler.sp_attn_implementation = target
                 log_layout(self._sp_size, self.accelerator.num_processes, args.max_length, target)
             else:
                 target = packing_attention(backend)

@@ -126,12 +126,17 @@ def test_what_sequence_parallelism_refuses(tmp_path, overrides, is_deepspeed, nu
 
 
 def test_the_core_attention_under_ulysses_isolates_packed_samples():
-    assert isolating_core_attention("sdpa", packing_attention) in ("sdpa_packed", "varlen_packed")
-    assert isolating_core_attention("flash_attention_2", packing_attention) == "flash_attention_2"
+    packed = ("sdpa_packed", "varlen_packed")
+    assert isolating_core_attention("sdpa", "sdpa", packing_attention) in packed
+    assert isolating_core_attention("sdpa", None, packing_attention) in packed
+    # The model's FlashAttention wins over accelerate's default `sdpa`; the SP config's choice over the model's default.
+    assert isolating_core_attention("flash_attention_2", "sdpa", packing_attention) == "flash_attention_2"
+    assert isolating_core_attention("sdpa", "flash_attention_2", packing_attention) == "flash_attention_2"
+    assert isolating_core_attention("eager", "sdpa", packing_attention) in packed
     with pytest.raises(ValueError, match="eager"):
-        isolating_core_attention("eager", packing_attention)
+        isolating_core_attention("eager", None, packing_attention)
     with pytest.raises(ValueError, match="cannot keep packed samples apart"):
-        isolating_core_attention("flex_attention", packing_attention)
+        isolating_core_attention("flex_attention", "sdpa", packing_attention)
 
 
 def test_key_value_head_groups_are_restored_for_forwards_without_ulysses(tiny_model):
