@@ -8,7 +8,8 @@ Prepared here, with network: `python benchmark/fetch_gpu_wheels.py` fills `.whl/
 Steps, in order; each runs in its own process group and is stopped at its deadline, the sum of the shares of the
 steps so far (a step that ends early leaves its time to the next ones; a slow one cannot take theirs):
 
-- setup (40 s): `pip install --no-index --no-deps --target /tmp/longalign_site .whl/*.whl`, then the environment:
+- setup (40 s): `pip install --no-index --no-deps --target SITE .whl/*.whl` (SITE: a new temporary folder, or
+  `--site`), then the environment:
   GPU, torch, transformers, trl, flash-attn, the attention `choose_attention()` picks, unmet requirements;
 - tests (110 s): `pytest -m gpu` over the test files that hold GPU tests (packed-sample isolation per backend, the
   loss-weighting gradient on CUDA in fp32 and bf16);
@@ -28,7 +29,7 @@ libraries offline. `--steps throughput,loss_memory` reruns some steps (setup alw
 
 Without a CUDA device it stops after setup, says so and exits 0. `--dry-run` runs every step on the CPU with tiny
 sizes instead (the same commands with `--device cpu --quick`; the test suite runs it): the GPU tests skip there, and
-the wheels, if `.whl/` has them, install into a temporary folder that is not used (they are built for Python 3.12).
+the wheels, if `.whl/` has them, install into the temporary folder but are not used (they are built for Python 3.12).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]  # commands run here and name their scripts relative to it
-SITE = "/tmp/longalign_site"
 PYTHON = sys.executable
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
@@ -372,9 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", help="output folder (default: $OUT when set, else gpu_check_out/)")
     parser.add_argument("--wheels", default=str(REPO / ".whl"), help="the carried wheels (default: .whl/)")
-    parser.add_argument(
-        "--site", help=f"where the wheels are installed (default {SITE}; a temporary one in a dry run)"
-    )
+    parser.add_argument("--site", help="where the wheels are installed (default: a new temporary folder)")
     parser.add_argument("--steps", help="comma-separated steps to run after setup (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="every step on the CPU with tiny sizes")
     parser.add_argument("--environment", action="store_true", help=argparse.SUPPRESS)
@@ -386,8 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or os.environ.get("OUT") or REPO / "gpu_check_out")
     out.mkdir(parents=True, exist_ok=True)
     args.out = str(out)
-    temporary_site = tempfile.mkdtemp(prefix="longalign_site_") if args.dry_run and args.site is None else None
-    args.site = args.site or temporary_site or SITE
+    temporary_site = None if args.site else tempfile.mkdtemp(prefix="longalign_site_")
+    args.site = args.site or temporary_site
     steps = plan(args)
     if args.steps:
         wanted = {"setup", *args.steps.split(",")}
