@@ -36,9 +36,6 @@ def check_parallelism(config) -> None:
             "tensor parallelism (`tp_size > 1`) is not supported: LongAlign loss weighting has not been proven exact "
             "under it. Set `tp_size: 1`; for long rows use sequence parallelism (`sp_size`, DeepSpeed Ulysses)."
         )
-    if getattr(config, "sp_size", 1) > 1 and getattr(config, "sp_backend", "deepspeed") != "deepspeed":
-        raise ValueError(f"sequence parallelism runs on DeepSpeed Ulysses only (`sp_backend: deepspeed`), got "
-                         f"{config.sp_backend!r}")  # fmt: skip
 
 
 def packing_attention(backend: str) -> str:

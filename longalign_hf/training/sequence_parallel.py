@@ -43,9 +43,7 @@ _WHOLE_ROW_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length
 
 def sequence_parallel_size(parallelism_config) -> int:
     """The Ulysses SP degree of an accelerate `ParallelismConfig` (1 without one)."""
-    if parallelism_config is None:
-        return 1
-    return int(getattr(parallelism_config, "sp_size", 1) or 1)
+    return 1 if parallelism_config is None else parallelism_config.sp_size
 
 
 def row_multiple(sp_size: int, pad_to_multiple_of: int | None) -> int:
@@ -81,18 +79,15 @@ def per_token_bookkeeping(batch: dict[str, Any]) -> dict[str, Any]:
     shifted_is_target = torch.nn.functional.pad(is_target[:, 1:], (0, 1), value=False)
     shifted_samples = torch.nn.functional.pad(sample_ids[:, 1:], (0, 1), value=-1)
     shift_num_targets = torch.where(shifted_is_target, num_targets[shifted_samples.clamp(min=0)], 0)
-    # One marker per sample with targets, on the position that predicts its first target.
-    first_target = shifted_is_target & ~torch.nn.functional.pad(shifted_is_target[:, :-1], (1, 0), value=False)
-    starts_sample = torch.zeros_like(first_target)
-    seen: set[int] = set()
-    for row, column in first_target.nonzero().tolist():
-        sample = int(shifted_samples[row, column])
-        if sample not in seen:  # a sample with several assistant turns has several runs of targets
-            seen.add(sample)
-            starts_sample[row, column] = True
+    # One marker per sample with targets, on the (flattened) position that predicts its first target.
+    positions = shifted_is_target.flatten().nonzero().flatten()
+    first = torch.full((len(num_targets),), shifted_is_target.numel(), dtype=torch.long)
+    first = first.scatter_reduce(0, shifted_samples.flatten()[positions], positions, "amin")
+    sample_starts = torch.zeros(shifted_is_target.numel(), dtype=torch.long)
+    sample_starts[first[first < shifted_is_target.numel()]] = 1
     sp_batch = {key: value for key, value in batch.items() if key not in _WHOLE_ROW_KEYS}
     sp_batch[LOSS_SHIFT_NUM_TARGETS] = shift_num_targets.long()
-    sp_batch[LOSS_SAMPLE_STARTS] = starts_sample.long()
+    sp_batch[LOSS_SAMPLE_STARTS] = sample_starts.view_as(shifted_is_target)
     return sp_batch
 
 

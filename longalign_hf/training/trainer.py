@@ -256,10 +256,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             )
         sample_ids, num_targets = inputs.pop(LOSS_SAMPLE_IDS), inputs.pop(LOSS_NUM_TARGETS)
         sample_features = inputs.pop(LOSS_SAMPLE_FEATURES)
-        inputs["use_cache"] = False
-        if self.aux_loss_enabled:
-            inputs["output_router_logits"] = True
-        outputs = model(**inputs, fused_lm_head=True)
+        outputs = self._fused_forward(model, inputs)
         loss_sum = weighted_nll_sum(
             outputs.log_probs, outputs.label_mask, sample_ids, num_targets, self.args.loss_weighting
         )
@@ -269,12 +266,8 @@ class LongAlignSFTTrainer(SFTTrainer):
             scale = self.accelerator.num_processes
         else:
             num_samples, num_tokens, scale = (num_targets > 0).sum(), num_targets.sum(), 1
-        denominator = num_samples if self.args.loss_weighting == "sequence" else num_tokens
-        loss = loss_sum * scale / denominator.clamp(min=1).to(loss_sum.dtype)
+        loss = loss_sum * scale / self._denominator(num_samples, num_tokens).to(loss_sum.dtype)
         if self.aux_loss_enabled:
-            self._metrics["train" if self.model.training else "eval"]["aux_loss"].append(
-                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
-            )
             if self.model.training:
                 # As TRL weighs it: the router loss is a per-micro-batch mean that DDP averages over processes, so
                 # the step applies its mean over processes and accumulation steps.
@@ -285,29 +278,38 @@ class LongAlignSFTTrainer(SFTTrainer):
             self._add_eval_terms(outputs, sample_ids, num_targets, sample_features)
         return (loss, outputs) if return_outputs else loss
 
-    def _compute_sequence_parallel_loss(self, model, inputs, return_outputs):
-        """This rank's slice of the step's loss: its tokens' weighted NLL over the step's global M or N. DeepSpeed sums
-        the slices' gradients over the SP group and averages over the data-parallel replicas (hence the scale)."""
-        shift_num_targets = inputs.pop(LOSS_SHIFT_NUM_TARGETS)
-        inputs.pop(LOSS_SAMPLE_STARTS)
+    def _fused_forward(self, model, inputs):
+        """The forward through TRL's fused LM head (per-token log-probabilities, no logits), with the router logits
+        of MoE models; logs the router loss."""
         inputs["use_cache"] = False
         if self.aux_loss_enabled:
             inputs["output_router_logits"] = True
         outputs = model(**inputs, fused_lm_head=True)
+        if self.aux_loss_enabled:
+            self._metrics["train" if self.model.training else "eval"]["aux_loss"].append(
+                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
+            )
+        return outputs
+
+    def _denominator(self, num_samples: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
+        """M (sequence weighting) or N (token weighting), at least 1."""
+        return (num_samples if self.args.loss_weighting == "sequence" else num_tokens).clamp(min=1)
+
+    def _compute_sequence_parallel_loss(self, model, inputs, return_outputs):
+        """This rank's slice of the step's loss: its tokens' weighted NLL over the step's global M or N, scaled by
+        what DeepSpeed divides the gradient summed over all ranks by (`gradient_divisor`)."""
+        shift_num_targets = inputs.pop(LOSS_SHIFT_NUM_TARGETS)
+        inputs.pop(LOSS_SAMPLE_STARTS)
+        outputs = self._fused_forward(model, inputs)
         loss_sum = weighted_nll_sum_per_token(
             outputs.log_probs, outputs.label_mask, shift_num_targets, self.args.loss_weighting
         )
-        num_samples, num_tokens = self._step_totals
-        denominator = (num_samples if self.args.loss_weighting == "sequence" else num_tokens).clamp(min=1)
-        share = loss_sum / denominator.to(loss_sum.dtype)
+        share = loss_sum / self._denominator(*self._step_totals).to(loss_sum.dtype)
         # Gradient: undo DeepSpeed's division of the summed gradient. Value: the Trainer logs the mean over all
         # processes, so each reports its share times the number of processes (as without SP).
         gradient = share * gradient_divisor(self.model_wrapped, self.accelerator.num_processes, self._sp_size)
         value = share.detach() * self.accelerator.num_processes
         if self.aux_loss_enabled:
-            self._metrics["train"]["aux_loss"].append(
-                self.accelerator.gather_for_metrics(outputs.aux_loss.detach()).mean().item()
-            )
             # Each rank's router loss is that of its slice; their mean over the SP group stands for the row's.
             aux = self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
             gradient, value = gradient + aux / self._sp_size, value + aux.detach()
