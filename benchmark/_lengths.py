@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
+import socket
 import sys
 from pathlib import Path
 
@@ -99,3 +101,18 @@ def print_table(columns: list[str], rows: list[list[str]]) -> None:
     print("|" + "|".join("---" for _ in columns) + "|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
+def free_port() -> int:
+    """A free TCP port on this machine, for a launcher's rendezvous."""
+    # A fresh rendezvous port per launch: the previous launch's port can linger in TIME_WAIT.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

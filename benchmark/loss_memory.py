@@ -30,14 +30,9 @@ import resource
 import subprocess
 import sys
 
-from _lengths import print_header, print_table
+from _lengths import print_header, print_table, rss_bytes
 
 TARGET_RATIO_AT_32K = 0.10
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
 
 
 def _measure(path: str, tokens: int, vocab: int, hidden: int, device: str = "cpu") -> int:
@@ -62,7 +57,7 @@ def _measure(path: str, tokens: int, vocab: int, hidden: int, device: str = "cpu
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
     else:
-        baseline = _rss_bytes()
+        baseline = rss_bytes()
 
     if path == "chunked":
         from trl.kernels import ChunkedLogProbFunction

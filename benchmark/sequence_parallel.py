@@ -31,12 +31,9 @@ import sys
 import tempfile
 import time
 
+from _lengths import free_port, print_header, rss_bytes
+
 HIDDEN, LAYERS, HEADS, KV_HEADS = 256, 4, 8, 4
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
 
 
 def _worker(length: int, sp_size: int, steps: int, checkpointing: bool, output: str) -> None:
@@ -77,7 +74,7 @@ def _worker(length: int, sp_size: int, steps: int, checkpointing: bool, output: 
             ),
         }  # fmt: skip
     args = LongAlignConfig(
-        output_dir=tempfile.mkdtemp(), batching="pack", loss_weighting="sequence", max_length=length,
+        output_dir=os.path.join(os.path.dirname(output), "trainer"), batching="pack", loss_weighting="sequence", max_length=length,
         per_device_train_batch_size=1, max_steps=steps, activation_checkpointing=checkpointing, bf16=False,
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0, **parallel,
     )  # fmt: skip
@@ -121,7 +118,7 @@ def _worker(length: int, sp_size: int, steps: int, checkpointing: bool, output: 
             callbacks=[timer],
         )  # fmt: skip
         trainer.compute_loss = counting_saved_tensors(trainer.compute_loss)
-        baseline = torch.cuda.memory_allocated() if cuda else _rss_bytes()
+        baseline = torch.cuda.memory_allocated() if cuda else rss_bytes()
         trainer.train()
         peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         result = {
@@ -137,6 +134,8 @@ def _worker(length: int, sp_size: int, steps: int, checkpointing: bool, output: 
 
 
 def _measure(length: int, sp_size: int, steps: int, checkpointing: bool) -> dict:
+    import torch
+
     with tempfile.TemporaryDirectory() as folder:
         output = os.path.join(folder, "result")
         worker = [
@@ -151,8 +150,11 @@ def _measure(length: int, sp_size: int, steps: int, checkpointing: bool) -> dict
         if sp_size == 1:
             command = [sys.executable, *worker]
         else:
-            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp_size), *worker]
-        env = {**os.environ, "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "OMP_NUM_THREADS": "1"}
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(sp_size)]
+            command += ["--master_port", str(free_port()), *worker]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if not torch.cuda.is_available():
+            env.setdefault("DS_ACCELERATOR", "cpu")
         completed = subprocess.run(command, capture_output=True, text=True, env=env)
         if completed.returncode != 0:
             raise RuntimeError(f"sp_size={sp_size}, {length} tokens failed:\n{completed.stderr[-3000:]}")
@@ -169,7 +171,7 @@ def _cell(measured: dict, base: dict | None, key: str) -> str:
     return f"{measured[key] / 2**20:,.0f} | {ratio}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768, 65536])
     parser.add_argument("--sp-sizes", type=int, nargs="+", default=[1, 2])
@@ -182,7 +184,7 @@ def main() -> None:
         "activation column is the whole forward's)",
     )  # fmt: skip
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
-    options = parser.parse_args()
+    options = parser.parse_args(argv)
     if options.worker:
         length, sp_size, steps, checkpointing, output = options.worker
         _worker(int(length), int(sp_size), int(steps), checkpointing == "1", output)
@@ -190,6 +192,7 @@ def main() -> None:
     if options.quick:
         options.lengths, options.steps = [2048], 2
     checkpointing = options.activation_checkpointing == "on"
+    print_header("benchmark/sequence_parallel.py", sys.argv[1:] if argv is None else argv)
     print(
         f"Model: Llama shape, hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads ({KV_HEADS} kv), fp32, packed rows; "
         f"activation checkpointing {options.activation_checkpointing}; {options.steps} steps"

@@ -18,12 +18,11 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import sys
 import tempfile
 
 import numpy as np
-from _lengths import print_header, print_table
+from _lengths import free_port, print_header, print_table
 
 from longalign_hf.training.distributed import run_then_exit, run_with_deadline
 
@@ -35,13 +34,6 @@ MODES = {
     "pack (sequence)": ["--batching", "pack", "--loss_weighting", "sequence"],
 }
 TARGET_PACK_OVER_NAIVE = 2.0
-
-
-def _free_port() -> int:
-    # A fresh rendezvous port per launch: the previous launch's port can linger in TIME_WAIT.
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _worker(out_path: str, recipe_args: list[str]):
@@ -70,7 +62,7 @@ def _train_once(mode: str, num_processes: int, data_args: list[str], env: dict[s
         if num_processes > 1:
             launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                         str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(_free_port())]  # fmt: skip
+                        "--main_process_port", str(free_port())]  # fmt: skip
         command = [*launcher, __file__, "--worker", out_path, "--", *recipe_args]
         completed = run_with_deadline(command, timeout=3600, env=env)
         if completed.returncode != 0:

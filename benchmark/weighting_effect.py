@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-per-task", type=int, default=MixSizes.train_per_task, help="training samples")
     parser.add_argument("--max-length", type=int, default=defaults.max_length, help="tokens per pack")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: tiny data, 2 steps, seed 0")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: tiny data, 3 steps, seed 0")
     parser.add_argument("--out", help="write the results (settings, every run, the verdict) to this JSON file")
     args = parser.parse_args(argv)
     print_header("benchmark/weighting_effect.py", sys.argv[1:] if argv is None else argv)

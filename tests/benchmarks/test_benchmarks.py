@@ -175,10 +175,9 @@ def test_planner_vs_trl_quick(benchmark, capsys):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_sequence_parallel_benchmark_halves_activations_per_rank(benchmark, capsys, monkeypatch):
+def test_sequence_parallel_benchmark_halves_activations_per_rank(benchmark, capsys):
     pytest.importorskip("deepspeed")
-    monkeypatch.setattr("sys.argv", ["sequence_parallel.py", "--quick"])
-    benchmark("sequence_parallel").main()
+    benchmark("sequence_parallel").main(["--quick"])
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| 2,048")]
     assert [row[1].strip() for row in rows] == ["1", "2"] and rows[1][2].strip() == "1,024"
     # Each rank keeps the activations of its half of the row (plus the weights and the full-row attention exchange).
