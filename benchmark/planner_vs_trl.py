@@ -17,7 +17,7 @@ over one shared buffer of int32 zeros that numpy gets from calloc, so untouched 
 `Dataset.map` writes its output): it never reads a token to decide a pack, so it plans exactly as on real tokens and
 pays the same copies. SFTTrainer packs `input_ids` and `labels`; TRL gets `input_ids` alone here, because the
 whole-set row keeps about three copies of every packed column alive: with one int32 column of the default's 1.13
-billion tokens the run peaks at about 14.5 GiB resident, and a second column would need about twice that.
+billion tokens the run peaks at about 14.3 GiB resident (BENCHMARKS.md §9), and a second column would need about twice that.
 `--labels` adds the `labels` column to TRL's input, as SFTTrainer does (with `--skip-trl-whole` or a smaller `--n`
 on a 24 GiB machine). Our `pack_dataset` needs `labels` and always copies both columns, so the like-for-like rows
 favour TRL by default. The data set lives in memory, so `Dataset.map` writes no cache file and recomputes on every
