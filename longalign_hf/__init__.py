@@ -18,7 +18,7 @@ _PUBLIC = {
     "LongAlignConfig": "longalign_hf.training.config",
     "LongAlignDataCollator": "longalign_hf.training.collator",
     "LongAlignSFTTrainer": "longalign_hf.training.trainer",
-    "LongBenchChatBuilder": "longalign_hf.data.longbench_chat_builder",
+    "LongBenchChatBuilder": "longalign_hf.data.longbench_chat.builder",
     "SortedBatchSampler": "longalign_hf.training.sampler",
     "pack_dataset": "longalign_hf.training.packed_dataset",
     "pack_stats": "longalign_hf.training.packing",
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
+    from longalign_hf.data.longbench_chat.builder import LongBenchChatBuilder
     from longalign_hf.llm_client import JudgeClient
     from longalign_hf.training.collator import LongAlignDataCollator
     from longalign_hf.training.config import LongAlignConfig

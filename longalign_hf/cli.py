@@ -16,11 +16,11 @@ from longalign_hf.errors import UserInputError
 
 # Each module registers its subcommands with `add_parser(subparsers)`: (group, module) pairs.
 _COMMAND_MODULES: list[tuple[str, str]] = [
-    ("data", "longalign_hf.data.longbench_chat_command"),
+    ("data", "longalign_hf.data.longbench_chat.command"),
     ("eval", "longalign_hf.evaluation.longbench_chat.command"),
     ("eval", "longalign_hf.evaluation.needle.command"),
-    ("data", "longalign_hf.data.self_instruct_command"),
-    ("data", "longalign_hf.data.sft_command"),
+    ("data", "longalign_hf.data.self_instruct.command"),
+    ("data", "longalign_hf.data.sft.command"),
 ]
 
 

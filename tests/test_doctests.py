@@ -29,7 +29,8 @@ def test_the_examples_are_found():
         for name in MODULES
     }
     expected = ["training.collator", "training.packed_dataset", "training.packing", "training.sampler", "errors"]
-    expected += ["data.chat", "data.self_instruct_prompts", "data.conversations", "evaluation.longbench_chat.scoring"]
+    expected += ["data.chat", "data.self_instruct.prompts", "data.sft.conversations", "data.longbench_chat.source"]
+    expected += ["evaluation.longbench_chat.scoring"]
     expected += ["evaluation.needle.probes", "evaluation.needle.command", "evaluation.generation"]
     for name in expected:
         assert attempted[f"longalign_hf.{name}"] > 0, name

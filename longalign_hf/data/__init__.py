@@ -1,4 +1,7 @@
-"""Hub dataset builders (`longalign data build ...`), Self-Instruct generation and SFT data mixing."""
+"""Chat data: tokenization with assistant-only targets (`chat`), SFT data loading, mixing and preparation
+(`sft_data`), the generated default data (`synthetic`); and one subpackage per `longalign data` command: the
+LongBench-Chat data set (`longbench_chat/`), Self-Instruct generation (`self_instruct/`) and the SFT mix (`sft/`), with
+what they share: writing a Hub-ready folder (`hub`) and the tokenizer lengths are counted in (`tokenizer`)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ __all__ = ["LongBenchChatBuilder", "build_subparsers"]
 def __getattr__(name: str) -> Any:
     # The builder subclasses a `datasets` class: imported on first use, so the command's help stays light.
     if name == "LongBenchChatBuilder":
-        from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
+        from longalign_hf.data.longbench_chat.builder import LongBenchChatBuilder
 
         return LongBenchChatBuilder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from longalign_hf.data.longbench_chat_format import CITATION
+from longalign_hf.data.longbench_chat.format import CITATION
 
 CARD_NAME = "README.md"
 # Evaluation sections go right above this line; a card without it gets an evaluation section at its end.

@@ -10,9 +10,11 @@ import pytest
 from longbench_chat_source import CASES, CHINESE_ONLY, ENGLISH_ONLY, FEW_SHOTS, TEMPLATE, write_source
 
 from longalign_hf import cli
-from longalign_hf.data import build_subparsers, hub, longbench_chat_builder
-from longalign_hf.data.longbench_chat import git_blob_sha1, write_hub_folder
-from longalign_hf.data.longbench_chat_builder import FEATURES, LongBenchChatBuilder
+from longalign_hf.data import build_subparsers, hub
+from longalign_hf.data.longbench_chat import builder as longbench_chat_builder
+from longalign_hf.data.longbench_chat.builder import FEATURES, LongBenchChatBuilder
+from longalign_hf.data.longbench_chat.hub_folder import write_hub_folder
+from longalign_hf.data.longbench_chat.source import git_blob_sha1
 from longalign_hf.errors import UserInputError
 
 
@@ -54,7 +56,7 @@ def test_git_blob_sha1_matches_git_hash_object():
 
 def test_a_local_copy_unlike_the_published_one_is_flagged(tmp_path, caplog):
     source = write_source(tmp_path / "source")
-    with caplog.at_level(logging.WARNING, logger="longalign_hf.data.longbench_chat"):
+    with caplog.at_level(logging.WARNING, logger="longalign_hf.data.longbench_chat.source"):
         _build(source, "all", tmp_path)
     assert "not the published LongBench-Chat test cases" in caplog.text
     assert git_blob_sha1((source / "test_cases.json").read_bytes()) in caplog.text

@@ -18,9 +18,9 @@ import pytest
 from loopback_server import LoopbackServer, Reply
 
 from longalign_hf import cli
-from longalign_hf.data.documents import load_documents
-from longalign_hf.data.self_instruct import generate_long_data
-from longalign_hf.data.self_instruct_prompts import QUESTION_PROMPTS, TASK_TYPES, parse_questions, question_prompt
+from longalign_hf.data.self_instruct.documents import load_documents
+from longalign_hf.data.self_instruct.generator import generate_long_data
+from longalign_hf.data.self_instruct.prompts import QUESTION_PROMPTS, TASK_TYPES, parse_questions, question_prompt
 from longalign_hf.errors import UserInputError
 
 QUESTIONS = [

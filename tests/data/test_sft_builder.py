@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from longalign_hf import cli
-from longalign_hf.data import sft
-from longalign_hf.data.conversations import clean_conversation, normalize_conversation
-from longalign_hf.data.length_stats import token_lengths
-from longalign_hf.data.sft import build_sft_dataset
+from longalign_hf.data.sft import build
+from longalign_hf.data.sft.build import build_sft_dataset
+from longalign_hf.data.sft.conversations import clean_conversation, normalize_conversation
+from longalign_hf.data.sft.length_stats import token_lengths
 from longalign_hf.data.sft_data import load_chat_dataset, prepare_sft_dataset
 from longalign_hf.data.tokenizer import load_tokenizer
 from longalign_hf.errors import UserInputError
@@ -183,7 +183,7 @@ def test_bad_rows_error_names_source_and_row_or_are_skipped(tmp_path, tokenizer,
         UserInputError, match=rf"{short}: row 4 \(rows count from 0\): turn 1 has `from` 'robot'.*--bad-rows skip"
     ):
         build_sft_dataset(long, short, tmp_path / "out", tokenizer=tokenizer)
-    with caplog.at_level(logging.INFO, logger="longalign_hf.data.sft"):
+    with caplog.at_level(logging.INFO, logger="longalign_hf.data.sft.build"):
         report = build_sft_dataset(long, short, tmp_path / "out", tokenizer=tokenizer, bad_rows="skip")
     assert (report.parts[1].bad_rows, report.parts[1].kept) == (1, 5)
     assert "dropped 1 bad rows" in caplog.text and "row 4: turn 1 has `from` 'robot'" in caplog.text
@@ -255,7 +255,7 @@ def test_a_failed_build_leaves_out_as_it_was(tmp_path, tokenizer, monkeypatch):
 
     out = tmp_path / "mix"
     with monkeypatch.context() as patch:
-        patch.setattr(sft, "plot_lengths", plot_fails)
+        patch.setattr(build, "plot_lengths", plot_fails)
         with pytest.raises(OSError, match="No space left"):
             build_sft_dataset(long, short, out, tokenizer=tokenizer)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["long.jsonl", "sharegpt.json"]
@@ -264,7 +264,7 @@ def test_a_failed_build_leaves_out_as_it_was(tmp_path, tokenizer, monkeypatch):
     (out / "NOTES.md").write_text("mine", encoding="utf-8")
     before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     with monkeypatch.context() as patch:
-        patch.setattr(sft, "plot_lengths", plot_fails)
+        patch.setattr(build, "plot_lengths", plot_fails)
         with pytest.raises(OSError, match="No space left"):
             build_sft_dataset(long, short, out, tokenizer=tokenizer, seed=2, short_ratio=0.5)
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before

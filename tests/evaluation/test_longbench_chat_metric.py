@@ -11,7 +11,7 @@ import pytest
 from longbench_chat_source import CASES, FEW_SHOTS, TEMPLATE
 from loopback_server import LoopbackServer
 
-from longalign_hf.data.longbench_chat_format import detect_language, few_shot_slots
+from longalign_hf.data.longbench_chat.format import detect_language, few_shot_slots
 from longalign_hf.evaluation.longbench_chat.scoring import (
     JUDGE_SYSTEM_PROMPT,
     aggregate_scores,

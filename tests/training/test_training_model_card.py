@@ -9,7 +9,7 @@ import transformers
 from huggingface_hub import ModelCard
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
-from longalign_hf.data.longbench_chat_format import CITATION
+from longalign_hf.data.longbench_chat.format import CITATION
 from longalign_hf.data.sft_data import prepare_sft_dataset
 from longalign_hf.data.synthetic import long_tailed_chat_data
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model

@@ -1,8 +1,8 @@
 """LongBench-Chat as a `datasets` builder: configs `all` (default), `en` and `zh`, one `test` split.
 
-The source files, their checks and the record are described in `longalign_hf.data.longbench_chat`, which also
-writes the Hub-ready folder (`longalign data build longbench-chat`); this module is only the `datasets` side, kept
-apart so that the command line does not import `datasets` before it runs a command.
+The source files, their checks and the record are described in `longalign_hf.data.longbench_chat.source`; the
+Hub-ready folder (`longalign data build longbench-chat`) is written by `hub_folder`. This module is only the
+`datasets` side, kept apart so that the command line does not import `datasets` before it runs a command.
 
 ```python
 builder = LongBenchChatBuilder(config_name="en", data_dir="path/to/LongBench_Chat")
@@ -18,7 +18,8 @@ from pathlib import Path
 
 import datasets
 
-from longalign_hf.data.longbench_chat import (
+from longalign_hf.data.longbench_chat.format import CITATION
+from longalign_hf.data.longbench_chat.source import (
     DESCRIPTION,
     HOMEPAGE,
     LANGUAGE_NAMES,
@@ -76,8 +77,6 @@ class LongBenchChatBuilder(datasets.GeneratorBasedBuilder):
     DEFAULT_CONFIG_NAME = "all"
 
     def _info(self) -> datasets.DatasetInfo:
-        from longalign_hf.data.longbench_chat_format import CITATION
-
         return datasets.DatasetInfo(
             description=DESCRIPTION,
             features=FEATURES,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from longalign_hf.data.longbench_chat import (
+from longalign_hf.data.longbench_chat.format import CITATION
+from longalign_hf.data.longbench_chat.source import (
     CONFIG_NAMES,
     DESCRIPTION,
     HOMEPAGE,
@@ -13,7 +14,6 @@ from longalign_hf.data.longbench_chat import (
     TEST_CASES,
     TEST_CASES_GIT_BLOB,
 )
-from longalign_hf.data.longbench_chat_format import CITATION
 
 if TYPE_CHECKING:
     from huggingface_hub import DatasetCard, DatasetCardData

@@ -1,4 +1,4 @@
-"""`longalign data build longbench-chat`: the command line of `longalign_hf.data.longbench_chat.write_hub_folder`."""
+"""`longalign data build longbench-chat`: the command line of `hub_folder.write_hub_folder`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import logging
 
 from longalign_hf.data import build_subparsers
 from longalign_hf.data.hub import push_hub_folder
-from longalign_hf.data.longbench_chat import SOURCE_FILES, SOURCE_URL, write_hub_folder
+from longalign_hf.data.longbench_chat.hub_folder import write_hub_folder
+from longalign_hf.data.longbench_chat.source import SOURCE_FILES, SOURCE_URL
 
 logger = logging.getLogger(__name__)
 

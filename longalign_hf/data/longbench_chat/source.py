@@ -1,9 +1,9 @@
-"""LongBench-Chat's source files and their checks, and `longalign data build longbench-chat`: a Hub-ready folder.
+"""LongBench-Chat's source files: where they are published, their checks, and one typed record per case.
 
 The benchmark is published as three files in THUDM/LongAlign `LongBench_Chat/` (Apache-2.0): `test_cases.json`
 (50 cases `{idx, query, answer, prompt, ...}`), `few_shots.json` (50 lists of scored example answers; list i belongs
 to case idx i + 1) and `prompt_fs.txt` (the judge prompt template). `read_source` checks they line up and makes one
-typed record per case; `LongBenchChatBuilder` (in `longalign_hf.data.longbench_chat_builder`, the `datasets` side)
+typed record per case; `LongBenchChatBuilder` (in `longalign_hf.data.longbench_chat.builder`, the `datasets` side)
 reads them from a local folder (`data_dir`) or downloads them and yields those records:
 
 | field            | type                            | what it is                                                 |
@@ -17,11 +17,12 @@ reads them from a local folder (`data_dir`) or downloads them and yields those r
 | `length`         | int32                           | characters in `prompt` (tokens depend on the tokenizer)    |
 | `judge_template` | string                          | `prompt_fs.txt`, the same in every row                     |
 
-Configs: `all` (default), `en` and `zh`. The Hub-ready folder (`write_hub_folder`) holds a config only when the
-source has a case for it: from a source with English cases only, `datasets.load_dataset(OUT, "zh")` raises
-`BuilderConfig 'zh' not found. Available: ['all', 'en']` rather than loading an empty split (the build logs that it
-left `zh` out), and the builder's `zh` config raises a `UserInputError` saying so. The folder's dataset card is written
-by `longalign_hf.data.longbench_chat_card`, the command line is `longalign_hf.data.longbench_chat_command`.
+Configs: `all` (default), `en` and `zh`. The Hub-ready folder (`longalign_hf.data.longbench_chat.hub_folder`) holds
+a config only when the source has a case for it: from a source with English cases only,
+`datasets.load_dataset(OUT, "zh")` raises `BuilderConfig 'zh' not found. Available: ['all', 'en']` rather than loading
+an empty split (the build logs that it left `zh` out), and the builder's `zh` config raises a `UserInputError` saying
+so. The folder's dataset card is written by `longalign_hf.data.longbench_chat.card`, the command line is
+`longalign_hf.data.longbench_chat.command`.
 """
 
 from __future__ import annotations
@@ -29,15 +30,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from longalign_hf.data.hub import check_out_folder, staged_folder
+from longalign_hf.data.longbench_chat.format import detect_language, few_shot_slots
 from longalign_hf.errors import UserInputError
-
-if TYPE_CHECKING:
-    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +144,6 @@ def _check_few_shots(path: str, idx: int, shots: Any, slots: int, template_path:
 def read_source(paths: dict[str, str]) -> list[dict[str, Any]]:
     """Read and check the three source files (`paths`: file name -> path); one record (see the module docstring) per
     case, in file order. A missing, malformed or misaligned file raises `UserInputError` naming the file and case."""
-    from longalign_hf.data.longbench_chat_format import detect_language, few_shot_slots
-
     template_path = paths[JUDGE_TEMPLATE]
     template_bytes = _read_bytes(template_path)
     try:
@@ -208,95 +203,3 @@ def check_source_folder(source_dir: str | Path) -> None:
         f"--source {source}: no such folder; pass the folder that holds {', '.join(SOURCE_FILES)}, or leave "
         "--source out to download them"
     )
-
-
-def write_hub_folder(out_dir: str | Path, source_dir: str | Path | None = None, repo_id: str | None = None) -> Path:
-    """Build the data set into a folder that `datasets.load_dataset(out_dir, config)` and the Hub can read.
-
-    The folder holds `<config>/test-00000-of-00001.parquet` for each config with at least one case (`all`, and `en`
-    / `zh` when the source has cases in that language: see the module docstring) and a `README.md` dataset card whose
-    YAML header lists the `configs:` (data files), features, license and citation. The source is read and checked
-    once, for `all`; the language configs are its rows in that language.
-
-    Args:
-        out_dir: the folder to write. It changes only once everything is written, so a failed build leaves it as it
-            was (or absent); then this build's configs and card replace an earlier build's, other files are kept.
-        source_dir: a folder with the source files; `None` downloads them from `SOURCE_URL`.
-        repo_id: the Hub dataset id the folder will be pushed to, used in the card's examples.
-
-    Returns:
-        The folder.
-    """
-    from datasets.info import DatasetInfosDict
-    from huggingface_hub import DatasetCardData
-
-    from longalign_hf.data.longbench_chat_builder import LongBenchChatBuilder
-    from longalign_hf.data.longbench_chat_card import dataset_card
-
-    out_dir = Path(out_dir)
-    if source_dir is not None:
-        check_source_folder(source_dir)
-    check_out_folder(out_dir)
-    infos, counts = DatasetInfosDict(), {}
-    with (
-        tempfile.TemporaryDirectory() as cache_dir,
-        staged_folder(out_dir, owned=(*CONFIG_NAMES, "README.md")) as staging,
-    ):
-        builder = LongBenchChatBuilder(
-            config_name="all", data_dir=str(source_dir) if source_dir else None, cache_dir=cache_dir
-        )
-        builder.download_and_prepare()
-        everything = builder.as_dataset(split="test")
-        languages = everything["language"]
-        for name in CONFIG_NAMES:
-            if name == "all":
-                dataset = everything
-            else:
-                rows = [index for index, language in enumerate(languages) if language == name]
-                if not rows:
-                    logger.warning(
-                        "LongBench-Chat config %r left out: the source has no %s case (datasets.load_dataset(OUT, "
-                        "%r) will say the config does not exist).",
-                        name,
-                        LANGUAGE_NAMES[name],
-                        name,
-                    )
-                    continue
-                dataset = everything.select(rows).flatten_indices()
-            (staging / name).mkdir()
-            dataset.to_parquet(str(staging / name / "test-00000-of-00001.parquet"))
-            infos[name] = _config_info(builder.info, name, dataset)
-            counts[name] = len(dataset)
-            logger.info("LongBench-Chat config %r: %d cases -> %s", name, len(dataset), out_dir / name)
-
-        card_data = DatasetCardData(
-            pretty_name="LongBench-Chat",
-            license="apache-2.0",
-            language=[name for name in LANGUAGE_NAMES if name in counts],
-            task_categories=["text-generation"],
-            tags=["long-context", "llm-as-a-judge"],
-            size_categories=["n<1K"],
-        )
-        card_data["configs"] = [
-            {
-                "config_name": name,
-                **({"default": True} if name == "all" else {}),
-                "data_files": [{"split": "test", "path": f"{name}/test-*.parquet"}],
-            }
-            for name in counts
-        ]
-        infos.to_dataset_card_data(card_data)
-        dataset_card(card_data, counts, repo_id).save(staging / "README.md")
-    return out_dir
-
-
-def _config_info(info: datasets.DatasetInfo, name: str, dataset: datasets.Dataset) -> datasets.DatasetInfo:
-    """The `all` config's info, for config `name` and its test split `dataset`."""
-    import datasets
-
-    info = info.copy()
-    info.config_name = name
-    info.splits = datasets.SplitDict()
-    info.splits.add(datasets.SplitInfo(name="test", num_examples=len(dataset), num_bytes=dataset.data.nbytes))
-    info.dataset_size = dataset.data.nbytes
-    return info

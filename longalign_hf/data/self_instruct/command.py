@@ -1,6 +1,7 @@
 """`longalign data generate`: long-context instruction data by Self-Instruct from long documents, as in LongAlign.
 
-The command line of `longalign_hf.data.self_instruct.generate_long_data`, which describes the method and the record.
+The command line of `longalign_hf.data.self_instruct.generator.generate_long_data`, which describes the method and
+the record.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from longalign_hf import command_args
-from longalign_hf.data.self_instruct import generate_long_data
+from longalign_hf.data.self_instruct.generator import generate_long_data
 from longalign_hf.data.tokenizer import DEFAULT_TOKENIZER
 
 

@@ -10,8 +10,8 @@ one of the four task types of the paper (`TASK_TYPES`) is drawn at random, the L
 task's prompt after the document, one of the questions is drawn at random, and the same LLM answers it with the
 document in context. The draws are seeded per document (`seed` and the document id), so a rerun asks the same
 things. Documents are Chinese when CJK characters make up at least a quarter of their CJK and Latin letters
-(`longalign_hf.data.longbench_chat_format.detect_language`; a Chinese character carries about as much as a few Latin letters);
-they get the Chinese translations of the prompts.
+(`longalign_hf.data.longbench_chat.format.detect_language`; a Chinese character carries about as much as a few Latin
+letters); they get the Chinese translations of the prompts.
 
 The output is append-only JSONL, one record per line:
 `{"messages": [{"role": "user", "content": DOC + "\\n\\n" + QUESTION}, {"role": "assistant", "content": ANSWER}],
@@ -24,10 +24,10 @@ created with its first record, so a run that produces nothing leaves none behind
 the output, drops a last line cut short by a crash, and gets replies it already paid for from the on-disk cache
 (`OUT.cache/` by default), so failed documents are retried and nothing is paid or written twice.
 
-Sources (`longalign_hf.data.documents.load_documents`): a folder of text files (`glob`, default `**/*.txt`; document
+Sources (`documents.load_documents`, in this folder): a folder of text files (`glob`, default `**/*.txt`; document
 id: the path under the folder), a .jsonl, .json or .parquet file, or a Hub data set id, with a `text_column`
-(document id: the `id_column`, or `row-N`). The prompts and the parser of their replies are in
-`longalign_hf.data.self_instruct_prompts`, the command line in `longalign_hf.data.self_instruct_command`.
+(document id: the `id_column`, or `row-N`). The prompts and the parser of their replies are in `prompts`, the command
+line in `command`.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from longalign_hf import command_args
-from longalign_hf.data.documents import load_documents
-from longalign_hf.data.self_instruct_prompts import NUM_QUESTIONS, TASK_TYPES, parse_questions, question_prompt
+from longalign_hf.data.self_instruct.documents import load_documents
+from longalign_hf.data.self_instruct.prompts import NUM_QUESTIONS, TASK_TYPES, parse_questions, question_prompt
 from longalign_hf.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
 from longalign_hf.errors import UserInputError, iter_jsonl
 
@@ -272,7 +272,7 @@ def generate_long_data(
 ) -> GenerationReport:
     """Generate long-context instruction data from the documents in `docs` into the JSONL file `out` (resumable).
 
-    See the module docstring for the method and the record; `self_instruct_command` documents every option (the
+    See the module docstring for the method and the record; `longalign_hf.data.self_instruct.command` documents every option (the
     CLI's help). The output file is created with its first record, so a run that produces nothing leaves none behind;
     a document that produces no sample is logged as a warning when it fails and listed in the report's `failed`.
 
@@ -290,7 +290,7 @@ def generate_long_data(
     """
     from tqdm.auto import tqdm
 
-    from longalign_hf.data.longbench_chat_format import detect_language
+    from longalign_hf.data.longbench_chat.format import detect_language
     from longalign_hf.llm_client import JudgeClient
 
     if min_tokens > max_tokens:

@@ -27,9 +27,8 @@ and a `README.md` dataset card whose YAML header lists the `configs:` and featur
 reads it offline and `recipes/sft.py --dataset_name OUT` trains on it. The folder is written aside and moved into
 place at the end: a failed build leaves no partial folder (and an earlier build's folder as it was).
 
-The steps live apart: normalizing and cleaning in `longalign_hf.data.conversations`, lengths and the histogram in
-`longalign_hf.data.length_stats`, the card in `longalign_hf.data.sft_card`, the command line in
-`longalign_hf.data.sft_command`.
+The steps live apart, in this folder: normalizing and cleaning in `conversations`, lengths and the histogram in
+`length_stats`, what the build reports in `report`, the card in `card`, the command line in `command`.
 """
 
 from __future__ import annotations
@@ -37,21 +36,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longalign_hf import command_args
-from longalign_hf.data.conversations import clean_conversation, normalize_conversation
 from longalign_hf.data.hub import check_out_folder, push_hub_folder, staged_folder
-from longalign_hf.data.length_stats import (
-    HISTOGRAM_FILE,
-    format_length_stats,
-    length_stats,
-    plot_lengths,
-    token_lengths,
-)
-from longalign_hf.data.sft_card import build_command, dataset_card
+from longalign_hf.data.sft.card import build_command, dataset_card
+from longalign_hf.data.sft.conversations import clean_conversation, normalize_conversation
+from longalign_hf.data.sft.length_stats import HISTOGRAM_FILE, length_stats, plot_lengths, token_lengths
+from longalign_hf.data.sft.report import SOURCES, PartReport, SFTBuildReport
 from longalign_hf.data.tokenizer import DEFAULT_TOKENIZER, load_tokenizer
 from longalign_hf.errors import UserInputError, row_location
 
@@ -61,32 +54,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("long", "short")
 _MAX_SHARD_BYTES = 500 * 2**20  # the shard size `Dataset.push_to_hub` uses
-
-
-@dataclass
-class PartReport:
-    """What cleaning kept and removed from one input set, and how much of it went into the mix."""
-
-    name: str
-    path: str
-    rows: int = 0
-    kept: int = 0
-    in_mix: int = 0
-    bad_rows: int = 0
-    no_reply: int = 0
-    empty_turns: int = 0
-    zero_width: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        return (
-            f"{self.name} set {self.path}: {self.rows} rows, {self.kept} kept, {self.in_mix} in the mix; dropped "
-            f"{self.bad_rows} bad rows and {self.no_reply} conversations left without a reply; removed "
-            f"{self.empty_turns} empty assistant turns and {self.zero_width} zero-width characters"
-            + (f" (e.g. {'; '.join(self.examples)})" if self.examples else "")
-        )
 
 
 def _clean_row(row: dict[str, Any], index: int, column: str, source: str, bad_rows: str) -> dict[str, Any]:
@@ -149,21 +117,6 @@ def _clean_part(dataset: datasets.Dataset, report: PartReport, bad_rows: str) ->
     if report.kept == 0:
         raise UserInputError(f"--{report.name} {report.path}: no usable conversation left; {report.summary()}")
     return cleaned.select_columns(["messages"])
-
-
-@dataclass
-class SFTBuildReport:
-    """What `build_sft_dataset` wrote: the folder, per-set cleaning reports, length statistics and the push URL."""
-
-    out_dir: Path
-    parts: list[PartReport]
-    stats: dict[str, dict[str, float]]
-    tokenizer: str
-    short_ratio: float | None
-    url: str | None = None
-
-    def length_table(self) -> str:
-        return format_length_stats(self.stats)
 
 
 def _write_shards(dataset: datasets.Dataset, out_dir: Path) -> None:

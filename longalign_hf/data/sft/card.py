@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from longalign_hf.data.length_stats import HISTOGRAM_FILE
+from longalign_hf.data.sft.length_stats import HISTOGRAM_FILE
 
 if TYPE_CHECKING:
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from longalign_hf.data.sft import SFTBuildReport
+    from longalign_hf.data.sft.report import SFTBuildReport
 
 
 def build_command(long: str, short: str, out_dir: Path, short_ratio: float | None, tokenizer: str, seed: int) -> str:

@@ -1,4 +1,4 @@
-"""`longalign data build sft`: the command line of `longalign_hf.data.sft.build_sft_dataset`."""
+"""`longalign data build sft`: the command line of `longalign_hf.data.sft.build.build_sft_dataset`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from longalign_hf import command_args
 from longalign_hf.data import build_subparsers
 from longalign_hf.data.chat import BAD_ROW_POLICIES
-from longalign_hf.data.sft import build_sft_dataset
+from longalign_hf.data.sft.build import build_sft_dataset
 from longalign_hf.data.tokenizer import DEFAULT_TOKENIZER
 
 

@@ -2,7 +2,7 @@
 
 `normalize_conversation` maps ShareGPT `{from, value}` turns (and `{role, content}` ones) to `{role, content}`;
 `clean_conversation` removes zero-width characters from assistant turns, and empty assistant turns with the questions
-they answered (see `longalign_hf.data.sft`, step by step). Pure functions over lists of dicts.
+they answered (see `longalign_hf.data.sft.build`, step by step). Pure functions over lists of dicts.
 """
 
 from __future__ import annotations

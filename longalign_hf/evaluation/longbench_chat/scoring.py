@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from statistics import mean
 from typing import Any
 
-from longalign_hf.data.longbench_chat_format import detect_language, few_shot_slots
+from longalign_hf.data.longbench_chat.format import detect_language, few_shot_slots
 from longalign_hf.errors import UserInputError
 from longalign_hf.llm_client import JudgeClient, total_usage
 

@@ -8,7 +8,7 @@ from typing import Any
 import datasets
 import evaluate
 
-from longalign_hf.data.longbench_chat_format import CITATION
+from longalign_hf.data.longbench_chat.format import CITATION
 from longalign_hf.evaluation.longbench_chat.scoring import score_predictions
 from longalign_hf.llm_client import JudgeClient
 
