@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from loopback_server import LoopbackServer, Reply  # noqa: E402
 
 from longalign_hf.evaluation.longbench_chat.scoring import score_predictions  # noqa: E402
-from longalign_hf.llm_client import JudgeClient  # noqa: E402
+from longalign_hf.llm_client import ChatClient  # noqa: E402
 
 # A synthetic judge template with the published slot layout (question, reference, 3 x (answer, score), answer).
 _TEMPLATE = "Q: {}\nReference: {}\n" + "Example: {}\nRating: [[{}]]\n" * 3 + "Answer: {}\nRating: "
@@ -33,7 +33,7 @@ def judge_wall_time(cases: int, delay: float, concurrency: int) -> tuple[float, 
     """Seconds to judge `cases` answers once each at `concurrency`, and the peak requests the server saw at once."""
     shots = [{"answer": f"example {k}", "score": 3 * k + 1} for k in range(3)]
     with LoopbackServer(lambda request: Reply(content="Rating: [[7]]", delay=delay)) as server:
-        judge = JudgeClient("loopback-judge", base_url=server.base_url, max_concurrency=concurrency)
+        judge = ChatClient("loopback-judge", base_url=server.base_url, max_concurrency=concurrency)
         start = time.perf_counter()
         result = score_predictions(
             [f"answer {i}" for i in range(cases)],

@@ -6,13 +6,14 @@ Names are imported on first use, so `import longalign_hf` (and the `longalign` c
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines it.
 _PUBLIC = {
-    "JudgeClient": "longalign_hf.llm_client",
+    "ChatClient": "longalign_hf.llm_client",
     "PACKED_SDPA": "longalign_hf.training.packed_attention",
     "VARLEN_PACKED": "longalign_hf.training.varlen_attention",
     "LongAlignConfig": "longalign_hf.training.config",
@@ -26,9 +27,11 @@ _PUBLIC = {
     "split_packs": "longalign_hf.training.schedule",
 }
 _SUBPACKAGES = ("data", "evaluation", "metrics")
+# Old public name -> its new name: still importable, with a FutureWarning.
+_RENAMED = {"JudgeClient": "ChatClient"}
 
 __all__ = [
-    "JudgeClient",
+    "ChatClient",
     "PACKED_SDPA",
     "LongAlignConfig",
     "LongAlignDataCollator",
@@ -44,7 +47,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from longalign_hf.data.longbench_chat.builder import LongBenchChatBuilder
-    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.llm_client import ChatClient
     from longalign_hf.training.collator import LongAlignDataCollator
     from longalign_hf.training.config import LongAlignConfig
     from longalign_hf.training.packed_attention import PACKED_SDPA
@@ -57,6 +60,14 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        warnings.warn(
+            f"`longalign_hf.{name}` is now `longalign_hf.{_RENAMED[name]}`; the old name will be removed in a future "
+            "release.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return __getattr__(_RENAMED[name])
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
     elif name in _SUBPACKAGES:

@@ -38,7 +38,7 @@ _USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 @dataclass
-class JudgeResult:
+class ChatResult:
     """The outcome of one chat completion.
 
     Args:
@@ -57,7 +57,7 @@ class JudgeResult:
     requests: int = 0
 
 
-def total_usage(results: Sequence[JudgeResult]) -> dict[str, int]:
+def total_usage(results: Sequence[ChatResult]) -> dict[str, int]:
     """What a batch of calls cost now: tokens and requests of the calls not served from the cache, plus their counts."""
     paid = [result for result in results if not result.cached]
     usage = {key: sum(result.usage.get(key, 0) for result in paid) for key in _USAGE_KEYS}
@@ -67,8 +67,11 @@ def total_usage(results: Sequence[JudgeResult]) -> dict[str, int]:
     return usage
 
 
-class JudgeClient:
+class ChatClient:
     """A concurrent, retrying, caching client for an OpenAI-compatible chat-completions endpoint.
+
+    One client serves every LLM call of the package: the LongBench-Chat and needle judges, answers from a served model
+    (`longalign eval ... --base-url`), and Self-Instruct's questions and answers (`longalign data generate`).
 
     Args:
         model (`str`): model name sent to the server (recorded with every score), e.g. `"gpt-4o-2024-05-13"`.
@@ -90,7 +93,7 @@ class JudgeClient:
     Example:
 
     ```python
-    judge = JudgeClient("gpt-4o-2024-05-13", cache_dir="judge_cache")
+    judge = ChatClient("gpt-4o-2024-05-13", cache_dir="judge_cache")
     results = judge.complete([[{"role": "user", "content": "Rate this: ... [[n]]"}]], validate=lambda t: "[[" in t)
     print(results[0].text, results[0].usage)
     ```
@@ -141,16 +144,16 @@ class JudgeClient:
         self._client = openai.OpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
     def __repr__(self) -> str:
-        return f"JudgeClient(model={self.model!r}, base_url={self.base_url!r}, temperature={self.temperature})"
+        return f"ChatClient(model={self.model!r}, base_url={self.base_url!r}, temperature={self.temperature})"
 
     def complete(
         self,
         messages_list: Sequence[Messages],
         validate: Callable[[str], bool] | None = None,
         desc: str = "chat completions",
-        on_result: Callable[[int, JudgeResult], None] | None = None,
+        on_result: Callable[[int, ChatResult], None] | None = None,
         invalid_reason: str = "rejected by the caller's check",
-    ) -> list[JudgeResult]:
+    ) -> list[ChatResult]:
         """Answer every conversation in `messages_list`, `max_concurrency` at a time, in input order.
 
         Args:
@@ -168,7 +171,7 @@ class JudgeClient:
         """
         from tqdm.auto import tqdm
 
-        results: list[JudgeResult | None] = [None] * len(messages_list)
+        results: list[ChatResult | None] = [None] * len(messages_list)
         with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
             futures = {
                 pool.submit(self._complete_one, messages, validate, invalid_reason): i
@@ -217,14 +220,14 @@ class JudgeClient:
 
     def _complete_one(
         self, messages: Messages, validate: Callable[[str], bool] | None, invalid_reason: str
-    ) -> JudgeResult:
+    ) -> ChatResult:
         import openai
 
         options = self._request_options()
         key = hashlib.sha256(json.dumps({**options, "messages": messages}, sort_keys=True).encode("utf-8")).hexdigest()
         cached = self._read_cache(key)
         if cached is not None and (validate is None or validate(cached["text"])):
-            return JudgeResult(text=cached["text"], usage=cached["usage"], cached=True)
+            return ChatResult(text=cached["text"], usage=cached["usage"], cached=True)
 
         usage = dict.fromkeys(_USAGE_KEYS, 0)
         text, error, wait = None, None, 0.0
@@ -236,7 +239,7 @@ class JudgeClient:
             except openai.APIStatusError as exc:
                 error = f"HTTP {exc.status_code} from {self._client.base_url}: {exc.message}"
                 if exc.status_code not in _RETRYABLE_STATUS and exc.status_code < 500:
-                    return JudgeResult(text=None, usage=usage, error=error, requests=attempt + 1)
+                    return ChatResult(text=None, usage=usage, error=error, requests=attempt + 1)
                 wait = self._backoff_delay(attempt, exc.response.headers.get("retry-after"))
                 continue
             except openai.APIConnectionError as exc:  # includes timeouts
@@ -258,8 +261,8 @@ class JudgeClient:
                 error = f"invalid reply: {invalid_reason}"
                 continue
             self._write_cache(key, {"model": self.model, "text": reply, "usage": usage})
-            return JudgeResult(text=reply, usage=usage, requests=attempt + 1)
-        return JudgeResult(
+            return ChatResult(text=reply, usage=usage, requests=attempt + 1)
+        return ChatResult(
             text=text,
             usage=usage,
             error=f"{error} (gave up after {self.max_retries + 1} attempts)",
@@ -288,7 +291,7 @@ class JudgeClient:
         except (FileNotFoundError, NotADirectoryError):  # not cached yet (a cache below a file fails at the write)
             return None
         except (ValueError, KeyError, TypeError) as exc:
-            logger.warning("Ignoring the unreadable judge cache entry %s (%s); the call is made again.", path, exc)
+            logger.warning("Ignoring the unreadable reply cache entry %s (%s); the call is made again.", path, exc)
             return None
 
     def _write_cache(self, key: str, entry: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import longalign_hf
 
 
@@ -15,6 +17,17 @@ def test_every_public_name_resolves_to_its_defining_module():
     namespace = {}
     exec("from longalign_hf import *", namespace)
     assert set(longalign_hf.__all__) <= set(namespace)
+
+
+def test_the_chat_client_has_its_name_and_the_old_judge_name_still_works_with_a_warning():
+    from longalign_hf.llm_client import ChatClient
+
+    assert longalign_hf.ChatClient is ChatClient and "ChatClient" in longalign_hf.__all__
+    assert "JudgeClient" not in longalign_hf.__all__  # `import *` stays quiet
+    for _ in range(2):  # every use warns, not only the first
+        with pytest.warns(FutureWarning, match="`longalign_hf.JudgeClient` is now `longalign_hf.ChatClient`"):
+            from longalign_hf import JudgeClient
+        assert JudgeClient is ChatClient
 
 
 def test_subpackages_are_attributes_as_the_readme_uses_them():

@@ -25,7 +25,7 @@ from longalign_hf.evaluation.run_folder import DTYPES
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.llm_client import ChatClient
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def generate_chat_answers(
 
 
 def request_chat_answers(
-    client: JudgeClient,
+    client: ChatClient,
     prompts: Sequence[str],
     on_answer: Callable[[int, str], None] | None = None,
     desc: str = "generating",

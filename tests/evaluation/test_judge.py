@@ -1,4 +1,4 @@
-"""JudgeClient against a real OpenAI-compatible server on 127.0.0.1: retries, concurrency, cache, usage, keys."""
+"""ChatClient against a real OpenAI-compatible server on 127.0.0.1: retries, concurrency, cache, usage, keys."""
 
 import json
 import logging
@@ -8,7 +8,7 @@ import pytest
 from loopback_server import LoopbackServer, Reply
 
 from longalign_hf.errors import UserInputError
-from longalign_hf.llm_client import JudgeClient, total_usage
+from longalign_hf.llm_client import ChatClient, total_usage
 
 
 def _conversations(n):
@@ -17,7 +17,7 @@ def _conversations(n):
 
 def _client(server, **kwargs):
     options = {"base_url": server.base_url, "backoff": 0.001, "max_retries": 3, **kwargs}
-    return JudgeClient("loopback-judge", **options)
+    return ChatClient("loopback-judge", **options)
 
 
 def test_replies_come_back_in_input_order_with_usage():
@@ -137,7 +137,7 @@ def test_cache_makes_a_rerun_free(tmp_path):
         }
         # The key covers the model and the sampling options: another temperature is another call.
         _client(server, cache_dir=tmp_path, temperature=0.7).complete(_conversations(1))
-        JudgeClient("another-judge", base_url=server.base_url, cache_dir=tmp_path).complete(_conversations(1))
+        ChatClient("another-judge", base_url=server.base_url, cache_dir=tmp_path).complete(_conversations(1))
         assert len(server.requests) == 5
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporary files
 
@@ -182,7 +182,7 @@ def test_api_key_is_sent_but_never_written(tmp_path, monkeypatch):
 def test_openai_without_a_key_fails_early(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(UserInputError, match="OPENAI_API_KEY"):
-        JudgeClient("gpt-4o-2024-05-13")
+        ChatClient("gpt-4o-2024-05-13")
 
 
 def test_each_failed_call_is_a_warning_with_its_reason(caplog):
@@ -222,7 +222,7 @@ def test_a_batch_without_failures_logs_no_warning(caplog):
 )  # fmt: skip
 def test_a_timeout_every_call_would_fail_is_refused(option, message):
     with pytest.raises(ValueError, match=message):
-        JudgeClient("loopback-judge", base_url="http://127.0.0.1:9/v1", **option)
+        ChatClient("loopback-judge", base_url="http://127.0.0.1:9/v1", **option)
 
 
 def test_a_cache_that_cannot_be_written_is_a_user_error_naming_it(tmp_path):

@@ -521,9 +521,9 @@ def test_bad_numbers_are_argument_errors(argv, message, capsys):
 def test_a_generation_server_that_is_down_leaves_cases_unanswered_like_a_judge_that_is_down(
     model_dir, dataset_dir, tmp_path, monkeypatch, caplog, capsys
 ):
-    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.llm_client import ChatClient
 
-    monkeypatch.setattr(JudgeClient, "_backoff_delay", lambda self, attempt, retry_after: 0.0)
+    monkeypatch.setattr(ChatClient, "_backoff_delay", lambda self, attempt, retry_after: 0.0)
     out = tmp_path / "eval"
     with LoopbackServer(judge_or_answer) as server:
         argv = _argv("served-model", dataset_dir, server, out, *_served(server, model_dir))

@@ -16,7 +16,7 @@ from longalign_hf.evaluation.needle import command
 from longalign_hf.evaluation.needle import runner as needle
 from longalign_hf.evaluation.needle.probes import DEPTH_TOLERANCE, PAPER_NEEDLE
 from longalign_hf.evaluation.needle.runner import judge_needle_answers, run_needle
-from longalign_hf.llm_client import JudgeClient
+from longalign_hf.llm_client import ChatClient
 from longalign_hf.tiny import build_tiny_model
 
 
@@ -86,7 +86,7 @@ def test_the_judge_rates_answers_against_the_needle():
 
     answers = ["Eat a sandwich in Dolores Park.", "No idea."]
     with LoopbackServer(responder) as server:
-        ratings, usage = judge_needle_answers(JudgeClient("loopback-judge", base_url=server.base_url), answers)
+        ratings, usage = judge_needle_answers(ChatClient("loopback-judge", base_url=server.base_url), answers)
     assert ratings == [10.0, 1.0]
     assert usage["requests"] == 2
     ground_truth = server.requests[0].user_content.split("[Ground truth]\n")[1].split("\n")[0]

@@ -51,7 +51,7 @@ from longalign_hf.errors import UserInputError, iter_jsonl
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from longalign_hf.llm_client import JudgeClient, JudgeResult
+    from longalign_hf.llm_client import ChatClient, ChatResult
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _has_answer(reply: str) -> bool:
     return bool(reply.strip())
 
 
-def _failure(step: str, wanted: str, result: JudgeResult, usable: Callable[[str], bool]) -> str:
+def _failure(step: str, wanted: str, result: ChatResult, usable: Callable[[str], bool]) -> str:
     """Why a call gave nothing usable, in this step's words: what the reply lacked, or the endpoint's error."""
     if result.text is not None and not usable(result.text):
         return f"{step}: no reply held {wanted} ({result.requests} requests); last reply: {result.text!r:.120}"
@@ -169,7 +169,7 @@ def _failure(step: str, wanted: str, result: JudgeResult, usable: Callable[[str]
 class _Generator:
     """One run: the client, the tokenizer, the output (opened at its first record) and the report, over batches."""
 
-    def __init__(self, client: JudgeClient, tokenizer: PreTrainedTokenizerBase, out: Path, report: GenerationReport):
+    def __init__(self, client: ChatClient, tokenizer: PreTrainedTokenizerBase, out: Path, report: GenerationReport):
         self.client, self.tokenizer, self.out_path, self.report = client, tokenizer, out, report
         self.out: BinaryIO | None = None
 
@@ -177,7 +177,7 @@ class _Generator:
         if self.out is not None:
             self.out.close()
 
-    def _add_usage(self, results: list[JudgeResult]) -> None:
+    def _add_usage(self, results: list[ChatResult]) -> None:
         from longalign_hf.llm_client import total_usage
 
         usage = total_usage(results)
@@ -232,7 +232,7 @@ class _Generator:
             job.questions = parse_questions(result.text)
             ready.append(job)
 
-        def save(index: int, result: JudgeResult) -> None:
+        def save(index: int, result: ChatResult) -> None:
             if result.error is not None:
                 self._fail(ready[index], _failure("answer", "a non-empty answer", result, _has_answer))
             else:
@@ -291,7 +291,7 @@ def generate_long_data(
     from tqdm.auto import tqdm
 
     from longalign_hf.data.longbench_chat.format import detect_language
-    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.llm_client import ChatClient
 
     if min_tokens > max_tokens:
         raise UserInputError(f"--min-tokens ({min_tokens}) is above --max-tokens ({max_tokens}); swap or fix them")
@@ -313,7 +313,7 @@ def generate_long_data(
     cache_dir = cache_dir if cache_dir is not None else out.with_name(out.name + ".cache")
     command_args.check_can_create(cache_dir, "--cache-dir")
     tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
-    client = JudgeClient(
+    client = ChatClient(
         model,
         base_url=base_url,
         api_key=api_key,

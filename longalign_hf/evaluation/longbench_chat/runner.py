@@ -91,10 +91,10 @@ def _generate(
     """Answer `cases` with the loaded model `lm`, or with the server at `generation_base_url` (then `lm` is `None`);
     `save(idx, answer)` is called for each answer as it comes. A server call that fails is logged and left out."""
     from longalign_hf.evaluation.generation import generate_chat_answers, request_chat_answers, truncate_prompts
-    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.llm_client import ChatClient
 
     if generation_base_url is not None:
-        client = JudgeClient(
+        client = ChatClient(
             model,
             base_url=generation_base_url,
             api_key=generation_api_key,
@@ -158,7 +158,7 @@ def run_longbench_chat(
     0, unless `--allow-incomplete`.
     """
     from longalign_hf.evaluation.generation import check_model_options
-    from longalign_hf.llm_client import JudgeClient
+    from longalign_hf.llm_client import ChatClient
 
     for name, value in (
         ("max_new_tokens", max_new_tokens),
@@ -184,7 +184,7 @@ def run_longbench_chat(
     command_args.check_can_create(output_dir, "--output-dir")
     if judge_cache_dir is not None:
         command_args.check_can_create(judge_cache_dir, "--judge-cache-dir")
-    judge = JudgeClient(
+    judge = ChatClient(
         judge_model,
         base_url=judge_base_url,
         api_key=judge_api_key,

@@ -19,7 +19,7 @@ from typing import Any
 
 from longalign_hf.data.longbench_chat.format import detect_language, few_shot_slots
 from longalign_hf.errors import UserInputError
-from longalign_hf.llm_client import JudgeClient, total_usage
+from longalign_hf.llm_client import ChatClient, total_usage
 
 JUDGE_SYSTEM_PROMPT = "You're a good assistant at evaluating the quality of texts."
 
@@ -120,7 +120,7 @@ def score_predictions(
     questions: Sequence[str],
     few_shots: Sequence[Sequence[dict[str, Any]]],
     judge_template: str,
-    judge: JudgeClient,
+    judge: ChatClient,
     languages: Sequence[str] | None = None,
     n_runs: int = 2,
     seed: int = 42,

@@ -49,7 +49,7 @@ from longalign_hf.evaluation.needle.probes import (
     match_fraction,
 )
 from longalign_hf.evaluation.needle.summary import format_summary, off_depth, summarize
-from longalign_hf.llm_client import JudgeClient, total_usage
+from longalign_hf.llm_client import ChatClient, total_usage
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -79,7 +79,7 @@ _HAYSTACK_MARGIN = 32_768
 
 
 def judge_needle_answers(
-    client: JudgeClient, answers: Sequence[str], reference: str = PAPER_NEEDLE, question: str = PAPER_QUESTION
+    client: ChatClient, answers: Sequence[str], reference: str = PAPER_NEEDLE, question: str = PAPER_QUESTION
 ) -> tuple[list[float | None], dict[str, int]]:
     """Rate each answer 1-10 against the needle with an LLM judge, with the release's judge prompt.
 
@@ -209,7 +209,7 @@ def run_needle(
     if judge_model is not None and "single" not in probes:
         logger.warning("The judge rates the single probe only, which is not run: no judge score.")
     elif judge_model is not None:  # made first, so a missing API key fails before any generation
-        judge = JudgeClient(
+        judge = ChatClient(
             judge_model,
             base_url=judge_base_url,
             api_key=judge_api_key,

@@ -10,7 +10,7 @@ import evaluate
 
 from longalign_hf.data.longbench_chat.format import CITATION
 from longalign_hf.evaluation.longbench_chat.scoring import score_predictions
-from longalign_hf.llm_client import JudgeClient
+from longalign_hf.llm_client import ChatClient
 
 _CITATION = CITATION
 
@@ -33,7 +33,7 @@ Args:
         column `few_shots`).
     judge_template (`str`): the benchmark's judge prompt template, `prompt_fs.txt` (dataset column
         `judge_template`, the same in every row).
-    judge (`dict` or `JudgeClient`): the judge, or the keyword arguments of `longalign_hf.llm_client.JudgeClient`,
+    judge (`dict` or `ChatClient`): the judge, or the keyword arguments of `longalign_hf.llm_client.ChatClient`,
         e.g. `{"model": "gpt-4o-2024-05-13", "cache_dir": "judge_cache"}` or
         `{"model": "Qwen/Qwen2.5-72B-Instruct", "base_url": "http://localhost:8000/v1"}`. The API key comes from
         `OPENAI_API_KEY` or the `api_key` entry.
@@ -102,13 +102,13 @@ class LongBenchChat(evaluate.Metric):
         questions: Sequence[str],
         few_shots: Sequence[Sequence[dict[str, Any]]],
         judge_template: str,
-        judge: dict[str, Any] | JudgeClient,
+        judge: dict[str, Any] | ChatClient,
         languages: Sequence[str] | None = None,
         n_runs: int = 2,
         seed: int = 42,
         flatten_newlines: bool = True,
     ) -> dict[str, Any]:
-        client = judge if isinstance(judge, JudgeClient) else JudgeClient(**judge)
+        client = judge if isinstance(judge, ChatClient) else ChatClient(**judge)
         return score_predictions(
             predictions,
             references,
