@@ -11,8 +11,8 @@ steps so far (a step that ends early leaves its time to the next ones; a slow on
 - setup (40 s): `pip install --no-index --no-deps --target SITE .whl/*.whl` (SITE: a new temporary folder, or
   `--site`), then the environment:
   GPU, torch, transformers, trl, flash-attn, the attention `choose_attention()` picks, unmet requirements;
-- tests (110 s): `pytest -m gpu` over the test files that hold GPU tests (packed-sample isolation per backend, the
-  loss-weighting gradient on CUDA in fp32 and bf16);
+- tests (110 s): `pytest -m gpu` over the test files that hold GPU tests (packed-sample isolation per backend,
+  sliding-window models against their eager attention, the loss-weighting gradient on CUDA in fp32 and bf16);
 - throughput (170 s): `benchmark/throughput_gpu.py --samples 256`: 1.1B model, naive / sort / pack (token, sequence)
   for varlen_packed and sdpa_packed (and flash_attention_2 when installed): tokens/s, samples/s, MFU;
 - longest_row (120 s): `benchmark/longest_row.py`: Llama-3.1-8B shape, LoRA, activation checkpointing, one step per

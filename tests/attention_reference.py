@@ -3,8 +3,9 @@
 import torch
 
 
-def reference_attention(query, key, value, sizes):
-    """Plain softmax attention over the whole row, each token seeing only its own sample's earlier tokens."""
+def reference_attention(query, key, value, sizes, window=None):
+    """Plain softmax attention over the whole row, each token seeing only its own sample's earlier tokens; with a
+    `window`, only itself and the `window - 1` tokens before it (transformers' sliding-window convention)."""
     groups = query.shape[1] // key.shape[1]
     key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     sample = torch.repeat_interleave(
@@ -12,6 +13,9 @@ def reference_attention(query, key, value, sizes):
     )
     visible = torch.ones(len(sample), len(sample), dtype=torch.bool, device=query.device).tril()
     visible &= sample[:, None] == sample[None, :]
+    if window is not None:
+        position = torch.arange(len(sample), device=query.device)
+        visible &= position[None, :] > position[:, None] - window
     scores = (query @ key.transpose(-1, -2)) / query.shape[-1] ** 0.5
     weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
     return (weights @ value).transpose(1, 2)  # [batch, tokens, heads, dim], like transformers' attention output

@@ -40,24 +40,46 @@ def _gpu_capability() -> tuple[int, int] | None:
     return torch.cuda.get_device_capability() if torch.cuda.is_available() else None
 
 
+# FlashAttention-2 (flash-attn 2.x) runs on Ampere (sm80) and newer GPUs only; older ones fail at the first forward.
+_FLASH_ATTENTION_2_MIN_CAPABILITY = (8, 0)
+
+
+def _flash_attention_2_unavailable(capability: tuple[int, int] | None) -> str | None:
+    """Why FlashAttention-2 cannot run on this machine (`capability`: its GPU's, `None` without one), or `None`."""
+    if not _installed("flash_attn"):
+        return "flash-attn is not installed"
+    if capability is None:
+        return "there is no CUDA GPU"
+    if capability < _FLASH_ATTENTION_2_MIN_CAPABILITY:
+        return (
+            f"flash-attn is installed but FlashAttention-2 needs compute capability 8.0+ (Ampere or newer; this GPU: "
+            f"{capability[0]}.{capability[1]})"
+        )
+    return None
+
+
 def flash_attn_available() -> bool:
-    """Whether the `flash_attn` package is importable and a CUDA device is present."""
-    return _installed("flash_attn") and torch.cuda.is_available()
+    """Whether FlashAttention-2 can run here: the `flash_attn` package is importable and the GPU is Ampere or newer."""
+    return _flash_attention_2_unavailable(_gpu_capability()) is None
 
 
 def choose_attention(requested: str | None = None) -> tuple[str, str]:
     """Return `(attn_implementation, reason)`: the user's choice, else the fastest backend that isolates packed samples.
 
-    In order: FlashAttention-3 (flash-attn 3 on a Hopper GPU), FlashAttention-2 (flash-attn on a CUDA GPU),
-    `varlen_packed` (PyTorch's own varlen FlashAttention kernel, on an Ampere or newer GPU), else sdpa (run per packed
-    sample as `sdpa_packed` by the trainer).
+    In order: FlashAttention-3 (flash-attn 3 on a Hopper GPU), FlashAttention-2 (flash-attn on an Ampere or newer
+    GPU), `varlen_packed` (PyTorch's own varlen FlashAttention kernel, on an Ampere or newer GPU), else sdpa (run per
+    packed sample as `sdpa_packed` by the trainer). `flash_attention_2` requested where it cannot run raises
+    `ValueError` (it would fail at the first forward, after data preparation).
     """
     if requested:
-        if requested == "flash_attention_2" and not flash_attn_available():
-            raise ValueError(
-                "attn_implementation='flash_attention_2' needs the flash-attn package and a CUDA GPU "
-                f"(`pip install flash-attn --no-build-isolation`); use {VARLEN_PACKED!r} (CUDA) or 'sdpa' otherwise"
-            )
+        if requested == "flash_attention_2":
+            missing = _flash_attention_2_unavailable(_gpu_capability())
+            if missing is not None:
+                raise ValueError(
+                    f"attn_implementation='flash_attention_2' cannot run here: {missing}. It needs the flash-attn "
+                    "package (`pip install flash-attn --no-build-isolation`) and an Ampere or newer CUDA GPU; use "
+                    f"{VARLEN_PACKED!r} (Ampere or newer) or 'sdpa' otherwise"
+                )
         return requested, "requested by the user"
     capability = _gpu_capability()
     if capability is None:
@@ -65,17 +87,17 @@ def choose_attention(requested: str | None = None) -> tuple[str, str]:
     gpu = f"compute capability {capability[0]}.{capability[1]}"
     if capability[0] == 9 and _installed("flash_attn_interface"):
         return "flash_attention_3", f"flash-attn 3 (flash_attn_interface) is installed and the GPU is a Hopper ({gpu})"
-    if _installed("flash_attn"):
-        return "flash_attention_2", "flash-attn is installed and a CUDA GPU is present"
+    no_flash = _flash_attention_2_unavailable(capability)
+    if no_flash is None:
+        return "flash_attention_2", f"flash-attn is installed and the GPU is Ampere or newer ({gpu})"
     missing = varlen_unavailable(capability)
     if missing is not None:
         return "sdpa", (
-            f"flash-attn is not installed and {missing}; sdpa isolates packed samples through position ids (per "
-            "sample: sdpa_packed)"
+            f"{no_flash} and {missing}; sdpa isolates packed samples through position ids (per sample: sdpa_packed)"
         )
     return VARLEN_PACKED, (
-        f"flash-attn is not installed; torch {torch.__version__}'s own FlashAttention varlen kernel "
-        f"(torch.nn.attention.varlen) cuts packed rows at cu_seq_lens on this GPU ({gpu})"
+        f"{no_flash}; torch {torch.__version__}'s own FlashAttention varlen kernel (torch.nn.attention.varlen) cuts "
+        f"packed rows at cu_seq_lens on this GPU ({gpu})"
     )
 
 

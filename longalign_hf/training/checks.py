@@ -1,9 +1,12 @@
 """What `LongAlignSFTTrainer` refuses, and why: parallelism that splits samples across ranks, attention that lets packed
-samples see each other, and `SFTTrainer` arguments whose effect its loss or data path would drop."""
+samples see each other or computes something other than the model's own attention, and `SFTTrainer` arguments whose
+effect its loss or data path would drop."""
 
 from __future__ import annotations
 
 import logging
+
+import torch
 
 from longalign_hf.training.attention import PACKING_HUB_KERNELS, hub_kernel_repo, varlen_unavailable
 from longalign_hf.training.packed_attention import PACKED_SDPA
@@ -13,7 +16,13 @@ logger = logging.getLogger(__name__)
 
 # Attention backends that keep packed samples apart: eager/sdpa through the block-diagonal mask that transformers
 # derives from restarting position ids; sdpa_packed, varlen_packed, FlashAttention and its Hub kernels (any revision)
-# through `cu_seq_lens`.
+# through `cu_seq_lens`. Each also keeps a layer's sliding window (Mistral, Qwen2 with `use_sliding_window`, Gemma-2/3
+# local layers; transformers 5.24 hands the attention function `sliding_window=w` per layer, and a token sees itself
+# and the w - 1 tokens before it): eager/sdpa in that mask (`create_sliding_window_causal_mask`), sdpa_packed per
+# sample, varlen_packed as the kernel's `window_size=(w - 1, 0)`, FlashAttention and the Hub kernels that have
+# `flash_attn_varlen_func` through transformers' FlashAttention wrapper (`_process_flash_attention_kwargs`: causal with
+# `window_size=(w - 1, w - 1)` when the row is longer than w), which also passes `softcap` (or raises without it).
+# sdpa_packed and varlen_packed do not compute softcapping or attention sinks: `check_packed_attention` refuses those.
 ISOLATING_ATTENTION = (
     "eager", "sdpa", PACKED_SDPA, VARLEN_PACKED, "flash_attention_2", "flash_attention_3", *PACKING_HUB_KERNELS,
 )  # fmt: skip
@@ -63,6 +72,35 @@ def packing_attention(backend: str) -> str:
         f"attention backend {backend!r} cannot keep packed samples apart, so they would attend to each other. "
         f"Use one of {', '.join(ISOLATING_ATTENTION)} (`--attn_implementation`), or `--batching sort`."
     )
+
+
+def _packed_backend_gap(model) -> str | None:
+    """What the model's attention computes that sdpa_packed / varlen_packed would not, or `None`."""
+    for module in model.modules():
+        softcap = getattr(module, "attn_logit_softcapping", None)
+        if softcap is not None:
+            return f"attention logit softcapping (attn_logit_softcapping={softcap})"
+        if isinstance(getattr(module, "sinks", None), torch.Tensor):
+            return "attention sinks (the attention modules' `sinks`)"
+        if getattr(module, "sliding_window", None) is not None and getattr(module, "is_causal", True) is False:
+            return "sliding-window attention that looks both ways (use_bidirectional_attention)"
+    return None
+
+
+def check_packed_attention(model, backend: str) -> None:
+    """Refuse, before training, a model whose attention computes something `backend` (the backend packed rows run
+    with, from `packing_attention`) would drop: softcapping or attention sinks in sdpa_packed / varlen_packed. Sliding
+    windows are kept by every backend `packing_attention` accepts. (The backends also refuse such arguments at the first
+    forward, for models this check cannot recognize.)"""
+    if backend not in (PACKED_SDPA, VARLEN_PACKED):
+        return
+    gap = _packed_backend_gap(model)
+    if gap is not None:
+        raise ValueError(
+            f"{type(model).__name__} uses {gap}, which {backend} does not compute, so it would train a different "
+            "model than its own attention: use `--attn_implementation eager` (it computes it and keeps packed samples "
+            "apart through the position ids), or a FlashAttention backend that supports it."
+        )
 
 
 def refuse_unsupported_arguments(kwargs: dict) -> None:

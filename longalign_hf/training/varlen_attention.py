@@ -3,12 +3,15 @@
 `torch.nn.attention.varlen.varlen_attn` (torch >= 2.10, CUDA) runs causal attention over the samples of a packed row
 cut at `cu_seq_lens`, forward and backward, like flash-attn's `flash_attn_varlen_func`. `varlen_packed` hands it the
 collator's `cu_seq_lens_q/k` and `max_length_q/k` (or the bounds of restarting `position_ids`, as `sdpa_packed` reads
-them). Where the kernel cannot run (not CUDA, a dtype other than float16/bfloat16, a head size it does not take,
-a GPU older than Ampere, a padded batch, a step that attends to cached keys, attention dropout, a torch without
-`varlen_attn`) the layer runs `sdpa_packed` instead and says why once per reason.
+them), and the layer's sliding window (the `sliding_window` transformers passes for Mistral, Qwen2 and Gemma-3's local
+layers: a token sees itself and `sliding_window - 1` tokens before it, `window_size=(sliding_window - 1, 0)`). Where
+the kernel cannot run (not CUDA, a dtype other than float16/bfloat16, a head size it does not take, a GPU older than
+Ampere, a padded batch, a step that attends to cached keys, attention dropout, a layer that attends both ways, a
+torch without `varlen_attn` or, for a sliding window, without its `window_size`) the layer runs `sdpa_packed` instead
+and says why once per reason. What neither computes (softcapping, attention sinks) is refused.
 
-The signature of `varlen_attn` changed between releases (torch 2.10: `is_causal`, no `scale`; 2.11: causal as
-`window_size=(-1, 0)`; later: `enable_gqa`), so it is read at run time.
+The signature of `varlen_attn` changed between releases (torch 2.10: `is_causal`, no `scale`, no window; 2.11: causal
+as `window_size=(-1, 0)`; later: `enable_gqa`), so it is read at run time.
 
 Importing this module (the trainer and `longalign_hf.training.attention` do) registers it with transformers'
 `AttentionInterface` and `AttentionMaskInterface`.
@@ -29,6 +32,7 @@ from longalign_hf.training.packed_attention import (
     _sample_bounds,
     packed_sdpa_attention_forward,
     packed_sdpa_mask,
+    refuse_unsupported_attention_arguments,
 )
 
 try:
@@ -65,7 +69,7 @@ def _device_reason(device: torch.device) -> str | None:
     return None
 
 
-def _fallback_reason(query, key, value, attention_mask, dropout) -> str | None:
+def _fallback_reason(module, query, key, value, attention_mask, dropout, kwargs) -> str | None:
     """Why this call cannot run through `varlen_attn`, or `None` when it can."""
     if varlen_attn is None:
         return f"torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn (torch >= 2.10 has it)"
@@ -77,6 +81,9 @@ def _fallback_reason(query, key, value, attention_mask, dropout) -> str | None:
         return "a step that attends to cached keys"
     if dropout:
         return f"attention dropout {dropout}; the kernel has none"
+    is_causal = kwargs.get("is_causal")
+    if not (getattr(module, "is_causal", True) if is_causal is None else is_causal):
+        return "a layer that attends both ways (is_causal=False)"
     device = _device_reason(query.device)
     if device is not None:
         return device
@@ -113,10 +120,21 @@ def _signature(function) -> frozenset[str]:
     return frozenset(inspect.signature(function).parameters)
 
 
-def _run_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scaling):
-    """Causal `varlen_attn` on [tokens, heads, dim] tensors, whichever of its signatures this torch has."""
+def _window_reason(sliding_window: int | None, max_q: int) -> str | None:
+    """Why this torch's kernel cannot run a layer's sliding window, or `None` when it can (or none is needed)."""
+    if sliding_window is None or max_q <= sliding_window or "window_size" in _signature(varlen_attn):
+        return None
+    return f"torch {torch.__version__}'s varlen_attn has no window_size for the {sliding_window}-token sliding window"
+
+
+def _run_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scaling, window):
+    """Causal `varlen_attn` on [tokens, heads, dim] tensors, whichever of its signatures this torch has; `window`: how
+    many tokens a token sees (itself included), `None` for all before it."""
     parameters = _signature(varlen_attn)
-    options = {"window_size": (-1, 0)} if "window_size" in parameters else {"is_causal": True}
+    if "window_size" in parameters:  # FlashAttention's convention: (tokens to the left, tokens to the right)
+        options = {"window_size": (-1, 0) if window is None else (window - 1, 0)}
+    else:  # torch 2.10, causal only: `_window_reason` sends windowed layers to sdpa_packed
+        options = {"is_causal": True}
     if "enable_gqa" in parameters:
         options["enable_gqa"] = key.shape[1] != query.shape[1]
     elif key.shape[1] != query.shape[1]:
@@ -130,22 +148,30 @@ def _run_varlen(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scaling):
     return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options)
 
 
-def varlen_packed_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Causal `varlen_attn` over the samples of a packed row on CUDA; `sdpa_packed` where the kernel cannot run."""
-    reason = _fallback_reason(query, key, value, attention_mask, dropout)
+def varlen_packed_attention_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None, **kwargs
+):
+    """Causal `varlen_attn` over the samples of a packed row on CUDA, within the layer's sliding window when it has
+    one; `sdpa_packed` where the kernel cannot run."""
+    refuse_unsupported_attention_arguments(VARLEN_PACKED, kwargs)
+    reason = _fallback_reason(module, query, key, value, attention_mask, dropout, kwargs)
+    if reason is None:
+        cu_seq_q, cu_seq_k, max_q, max_k = _cu_seq_lens(query, key, kwargs)
+        reason = _window_reason(sliding_window, max_q)
     if reason is not None:
         if reason not in _reported:
             _reported.add(reason)
             logger.warning("%s: %s, so this attention runs %s", VARLEN_PACKED, reason, PACKED_SDPA)
         return packed_sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    cu_seq_q, cu_seq_k, max_q, max_k = _cu_seq_lens(query, key, kwargs)
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+            sliding_window=sliding_window, **kwargs,
+        )  # fmt: skip
+    window = sliding_window if sliding_window is not None and max_q > sliding_window else None
     # transformers hands [batch, heads, tokens, dim] (a transposed view of [batch, tokens, heads, dim]); the kernel
     # takes [tokens, heads, dim] and gives back the layout transformers expects, [batch, tokens, heads, dim].
     output = _run_varlen(
         query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-        cu_seq_q, cu_seq_k, max_q, max_k, scaling,
+        cu_seq_q, cu_seq_k, max_q, max_k, scaling, window,
     )  # fmt: skip
     return output.unsqueeze(0), None
 

@@ -91,6 +91,7 @@ def test_the_gpu_plan_runs_the_figures_within_eight_minutes(benchmark, tmp_path)
     commands = {step.name: [check.shown(c) for c in step.commands(100)] for step in steps}
     assert commands["setup"] == ["python3 benchmark/gpu_check.py --environment --site site"]  # no wheels here
     assert "tests/training/test_gpu_loss.py" in commands["tests"][0] and "-m gpu" in commands["tests"][0]
+    assert "tests/training/test_sliding_window.py" in commands["tests"][0]  # sliding windows on the real kernels
     assert "tests/training/test_loss_weighting.py" not in commands["tests"][0]
     assert commands["throughput"] == ["python3 benchmark/throughput_gpu.py --samples 256 --time-budget 85"]
     assert commands["longest_row"] == ["python3 benchmark/longest_row.py --time-budget 85"]

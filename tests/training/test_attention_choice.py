@@ -26,8 +26,18 @@ def machine(monkeypatch):
     [
         (None, {"flash_attn", "flash_attn_interface"}, True, "sdpa", "no CUDA GPU"),
         ((9, 0), {"flash_attn", "flash_attn_interface"}, True, "flash_attention_3", "the GPU is a Hopper"),
-        ((9, 0), {"flash_attn"}, True, "flash_attention_2", "flash-attn is installed"),
-        ((8, 0), {"flash_attn", "flash_attn_interface"}, True, "flash_attention_2", "flash-attn is installed"),
+        ((9, 0), {"flash_attn"}, True, "flash_attention_2", "flash-attn is installed and the GPU is Ampere or newer"),
+        ((8, 0), {"flash_attn", "flash_attn_interface"}, True, "flash_attention_2", "compute capability 8.0"),
+        # FlashAttention-2 refuses GPUs older than Ampere at the first forward, and so does PyTorch's varlen kernel.
+        (
+            (7, 5),
+            {"flash_attn"},
+            True,
+            "sdpa",
+            "FlashAttention-2 needs compute capability 8.0+ (Ampere or newer; "
+            "this GPU: 7.5) and PyTorch's varlen kernel needs compute capability 8.0+",
+        ),
+        ((7, 0), {"flash_attn"}, False, "sdpa", "this GPU: 7.0) and torch"),
         ((8, 6), {"flash_attn_interface"}, True, VARLEN_PACKED, "compute capability 8.6"),
         ((9, 0), (), True, VARLEN_PACKED, "flash-attn is not installed; torch"),
         ((10, 0), (), True, VARLEN_PACKED, "torch.nn.attention.varlen"),
@@ -44,11 +54,32 @@ def test_the_backend_chosen_for_each_machine(machine, capability, installed, var
 def test_the_user_choice_wins(machine):
     machine(capability=(9, 0), installed={"flash_attn"})
     assert choose_attention("eager") == ("eager", "requested by the user")
+    assert choose_attention("flash_attention_2") == ("flash_attention_2", "requested by the user")
+    machine(capability=(8, 0), installed={"flash_attn"})
+    assert choose_attention("flash_attention_2") == ("flash_attention_2", "requested by the user")
     machine(capability=None)
     assert choose_attention(VARLEN_PACKED) == (VARLEN_PACKED, "requested by the user")  # falls back at run time
     assert choose_attention("kernels-community/flash-attn2")[0] == "kernels-community/flash-attn2"
-    with pytest.raises(ValueError, match="needs the flash-attn package and a CUDA GPU"):
+
+
+@pytest.mark.parametrize(
+    ("capability", "installed", "problem"),
+    [
+        ((9, 0), (), "flash-attn is not installed"),
+        (None, {"flash_attn"}, "there is no CUDA GPU"),
+        ((7, 5), {"flash_attn"}, "flash-attn is installed but FlashAttention-2 needs compute capability 8.0+"),
+    ],
+)
+def test_flash_attention_2_requested_where_it_cannot_run_is_refused_with_the_fix(
+    machine, capability, installed, problem
+):
+    machine(capability=capability, installed=installed)
+    with pytest.raises(ValueError) as refused:
         choose_attention("flash_attention_2")
+    message = str(refused.value)
+    assert message.startswith(f"attn_implementation='flash_attention_2' cannot run here: {problem}")
+    assert "pip install flash-attn --no-build-isolation" in message and "'sdpa'" in message and "\n" not in message
+    assert not attention.flash_attn_available()
 
 
 @pytest.mark.parametrize(
