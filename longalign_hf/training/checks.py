@@ -74,6 +74,44 @@ def packing_attention(backend: str) -> str:
     )
 
 
+# `layer_types` (transformers' per-layer kinds) whose attention the packing backends cut per sample; "sparse" and
+# "dense" name MLP kinds, which never mix tokens.
+_PACKABLE_LAYER_TYPES = frozenset({"full_attention", "sliding_attention", "sparse", "dense"})
+# Recurrent models without a convolution or `layer_types` to recognize them by.
+_RECURRENT_MODEL_TYPES = frozenset({"rwkv", "xlstm"})
+
+
+def _cross_sample_mixing(model) -> str | None:
+    """What in the model mixes tokens across a packed row whatever the attention backend, or `None`."""
+    config = model.config.get_text_config()
+    other = sorted(set(getattr(config, "layer_types", None) or ()) - _PACKABLE_LAYER_TYPES)
+    if other:
+        return (
+            f"layers of type {', '.join(other)} (`layer_types`): a state or a mask that the packing backends do not "
+            "cut at sample bounds"
+        )
+    if config.model_type in _RECURRENT_MODEL_TYPES:
+        return f"recurrent layers ({config.model_type}) whose state runs on across the row"
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    for name, module in decoder.named_modules():
+        # Mamba, Gated DeltaNet, short-convolution and RG-LRU layers run a causal convolution along the sequence.
+        if isinstance(module, torch.nn.Conv1d):
+            return f"a convolution along the sequence ({name}: {type(module).__name__}), as recurrent layers have"
+    return None
+
+
+def check_packable_model(model) -> None:
+    """Refuse packing for a model in which packed samples would see each other whatever the attention backend: layers
+    that carry a state or a convolution along the row (Mamba, linear attention, short convolutions) and attention kinds
+    the packing backends do not compute per sample (chunked, indexed or compressed attention)."""
+    mixing = _cross_sample_mixing(model)
+    if mixing is not None:
+        raise ValueError(
+            f"{type(model).__name__} has {mixing}, so packed samples would leak into each other. Use "
+            "`batching='sort'` (`--batching sort`): sorted batches of padded samples, one sample per row."
+        )
+
+
 def _packed_backend_gap(model) -> str | None:
     """What the model's attention computes that sdpa_packed / varlen_packed would not, or `None`."""
     for module in model.modules():

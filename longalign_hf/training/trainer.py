@@ -13,7 +13,13 @@ import torch
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
-from longalign_hf.training.checks import check_parallelism, packing_attention, refuse_unsupported_arguments
+from longalign_hf.training.checks import (
+    check_packable_model,
+    check_packed_attention,
+    check_parallelism,
+    packing_attention,
+    refuse_unsupported_arguments,
+)
 from longalign_hf.training.collator import (
     BOOKKEEPING_KEYS,
     LOSS_NUM_TARGETS,
@@ -122,6 +128,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             check_sequence_parallel(args, parallelism, self.accelerator.num_processes, self.is_deepspeed_enabled)
             self._sp_collator = SequenceParallelCollator(collator, args.max_length)
         if args.batching == "pack":
+            check_packable_model(self.model)
             backend = self.model.config._attn_implementation
             if self._sp_size > 1:
                 # DeepSpeed wraps the attention named in the SP handler, and requires the model to run that one.
@@ -131,6 +138,7 @@ class LongAlignSFTTrainer(SFTTrainer):
                 log_layout(self._sp_size, self.accelerator.num_processes, args.max_length, target)
             else:
                 target = packing_attention(backend)
+            check_packed_attention(self.model, target)
             if target != backend:
                 self.model.set_attn_implementation(target)
         if self.model.get_output_embeddings() is None:
