@@ -12,9 +12,9 @@ against every sample's logits alone.
 A case gives `sp_size`, `loss_weighting`, `accumulation`, the `zero` settings (DeepSpeed's `zero_optimization`), and
 optionally `data_parallel`, `moe` (the tiny Qwen2-MoE, whose router loss the reference adds, `reference_router_loss`),
 `gradient_only` (skip evaluation and the isolation check, which do not depend on the ZeRO settings) and `refused`
-(only build the trainer, which must refuse the settings: the result is its error message). Several cases
-run in one launch (process start-up dominates): between them, DeepSpeed's SP groups, the attention function its
-wrapper replaced and transformers' DeepSpeed config are put back, as a fresh process would have them.
+(only build the trainer, which must refuse the settings: the result is its error message). Several cases run in one
+launch (process start-up dominates): between them, DeepSpeed's SP groups, the attention function its wrapper replaced
+and transformers' DeepSpeed config are put back, as a fresh process would have them.
 """
 
 from __future__ import annotations
