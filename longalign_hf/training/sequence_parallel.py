@@ -14,7 +14,11 @@ What LongAlign adds, and why:
   the gathered, restarting position ids instead. Plain `sdpa` would not (with no mask it is causal over the whole
   row, so packed samples would attend to each other), so it is replaced by `sdpa_packed` / `varlen_packed`.
 - Each rank's loss is its tokens' share of the step's objective, scaled by what DeepSpeed divides the summed gradient
-  by (`gradient_divisor`: the data-parallel replicas, or every rank under ZeRO-3's reduce-scatter).
+  by (`gradient_divisor`: the data-parallel replicas, or every rank under ZeRO-3's reduce-scatter); DeepSpeed settings
+  under which that divisor differs between parameters, or is not followed here, are refused before training
+  (`check_gradient_reduction`). An MoE model's router loss of a step is the mean, over every rank's slice of every
+  micro-step's row, of the slice's router loss (the loss over the tokens that rank's routers see): each rank's is
+  scaled by that divisor over the number of processes.
 - Rows are padded to `max_length` (`SequenceParallelCollator`), and evaluation runs whole rows without Ulysses
   (`restore_kv_head_groups` undoes what DeepSpeed leaves on the attention modules).
 """
@@ -129,10 +133,13 @@ def weighted_nll_sum_per_token(
     return (token_loss / shift_num_targets.clamp(min=1).to(token_loss.dtype)).sum()
 
 
-def check_sequence_parallel(args, parallelism_config, num_processes: int, is_deepspeed: bool) -> None:
-    """Refuse what Ulysses sequence parallelism cannot run, or not exactly, with what to do instead."""
+def check_sequence_parallel(args, parallelism_config, num_processes: int, deepspeed_config: dict | None) -> None:
+    """Refuse, before training, what Ulysses sequence parallelism cannot run, or not exactly, with what to do instead.
+
+    `deepspeed_config` is the DeepSpeed config the run will use (None when the run is not under DeepSpeed).
+    """
     sp_size = sequence_parallel_size(parallelism_config)
-    if not is_deepspeed:
+    if deepspeed_config is None:
         raise ValueError(
             f"`sp_size={sp_size}` needs DeepSpeed (Ulysses sequence parallelism runs inside its engine): launch with "
             "an accelerate config that has `distributed_type: DEEPSPEED` (e.g. recipes/accelerate/sp4_zero3.yaml) "
@@ -143,19 +150,45 @@ def check_sequence_parallel(args, parallelism_config, num_processes: int, is_dee
             f"sequence parallelism trains packed rows: use `batching='pack'` (got {args.batching!r}); a sample "
             "longer than any other still trains alone, in a pack of its own."
         )
+    if args.per_device_train_batch_size != 1:
+        raise ValueError(
+            f"under sequence parallelism each micro-step trains one packed row of `max_length` tokens per data-parallel "
+            f"replica (the packs of a micro-batch are joined into one row, which must fit `max_length`), so "
+            f"`per_device_train_batch_size` must be 1, got {args.per_device_train_batch_size}: set it to 1 and raise "
+            "`gradient_accumulation_steps` (or `max_length`) for more tokens per optimizer step."
+        )
     multiple = row_multiple(sp_size, args.pad_to_multiple_of)
     if args.max_length is None or args.max_length % multiple:
         raise ValueError(
             f"with sp_size={sp_size}, `max_length` (the whole packed row, split over the SP ranks) must be a multiple "
             f"of {multiple}, got {args.max_length}; e.g. {max(multiple, (args.max_length or 0) // multiple * multiple)}"
         )
-    data_parallel = parallelism_config.data_parallel_size
-    if num_processes % sp_size or data_parallel * sp_size != num_processes:
+    if not parallelism_config.sp_handler.sp_disable_in_eval:
         raise ValueError(
-            f"{num_processes} processes with sp_size={sp_size} need {num_processes // sp_size or 1} data-parallel "
+            "`sp_disable_in_eval: false` would run evaluation through Ulysses, whose all-to-all needs rows of one "
+            "shape on every rank of an SP group, while evaluation rows are whole packs of different lengths (gloo "
+            "aborts, NCCL hangs). Remove it (the default, `true`, evaluates whole rows on each GPU, exactly)."
+        )
+    _check_process_layout(num_processes, sp_size, parallelism_config.data_parallel_size)
+    check_gradient_reduction(deepspeed_config)
+
+
+def _check_process_layout(num_processes: int, sp_size: int, data_parallel: int) -> None:
+    if num_processes % sp_size:
+        below, above = num_processes // sp_size, num_processes // sp_size + 1
+        options = [f"{n * sp_size} processes with `dp_shard_size: {n}`" for n in (below, above) if n]
+        raise ValueError(
+            f"{num_processes} processes cannot form SP groups of sp_size={sp_size}: the number of processes must be a "
+            f"multiple of sp_size, with data parallel (dp_replicate_size x dp_shard_size) = processes / sp_size. "
+            f"Launch {' or '.join(options)}, or choose an sp_size that divides {num_processes} (and the attention "
+            "heads)."
+        )
+    if data_parallel * sp_size != num_processes:
+        raise ValueError(
+            f"{num_processes} processes with sp_size={sp_size} need {num_processes // sp_size} data-parallel "
             f"replicas, but the parallelism config gives {data_parallel} (dp_replicate_size x dp_shard_size): set "
-            f"`dp_shard_size: {num_processes // sp_size}` (or dp_replicate_size) so that data parallel x sp_size = "
-            "the number of processes."
+            f"`dp_shard_size: {num_processes // sp_size}` (and `dp_replicate_size: 1`) so that data parallel x "
+            "sp_size = the number of processes."
         )
 
 
@@ -196,14 +229,67 @@ def restore_kv_head_groups(model) -> None:
             module.num_key_value_groups = groups
 
 
-def gradient_divisor(engine, num_processes: int, sp_size: int) -> int:
-    """The number DeepSpeed divides the gradient summed over all ranks by, under Ulysses SP.
+def check_gradient_reduction(deepspeed_config: dict) -> None:
+    """Refuse the DeepSpeed settings under which `gradient_divisor` is not what DeepSpeed divides every gradient by.
 
-    ZeRO 0-2, and ZeRO-3 without reduce-scatter, sum over the SP group and average over the data-parallel replicas
-    (they divide by `world / sp_size`). ZeRO-3's reduce-scatter (its default) divides by every rank
-    (`reduce_scatter_coalesced`, DeepSpeed 0.19.8). Each rank's loss is scaled by this number so that the applied
-    gradient is the objective's either way; the SP tests check every stage against a per-sample reference.
+    Under Ulysses SP, DeepSpeed 0.19.8 sums each gradient over all ranks (the SP ranks hold different tokens of the
+    same rows) and divides the sum by (read in its source; tests/sp_check.py checks each path against a per-sample
+    reference):
+    - ZeRO 0 (the engine's all-reduce), ZeRO-1 and ZeRO-2 (reduce-scatter or all-reduce, contiguous gradients or not,
+      any `reduce_bucket_size`, `overlap_comm`, `round_robin_gradients`): the data-parallel replicas, world / sp_size;
+    - ZeRO-3 with its reduce-scatter (the default): every rank (`reduce_scatter_coalesced`);
+    - ZeRO-3 with `reduce_scatter: false`: world / sp_size for a bucket that goes through the contiguous all-reduce,
+      but world for the others (`contiguous_gradients: false`, or one parameter larger than `reduce_bucket_size`), so
+      parameters get different divisors and no loss scale is exact: refused, as is every setting below, whose path
+      is not followed here.
     """
-    if engine.zero_optimization_stage() == 3 and engine.zero_reduce_scatter():
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    given = deepspeed_config.get("zero_optimization") or {}
+    keys = ("stage", "reduce_scatter", "zero_quantized_gradients", "zero_hpz_partition_size")
+    # DeepSpeed's own parsing (it reads "false" as False); "auto" is transformers' to fill, and none of these is.
+    zero = DeepSpeedZeroConfig(**{key: given[key] for key in keys if key in given and given[key] != "auto"})
+    refused = []
+    if zero.stage == 3 and not zero.reduce_scatter:
+        refused.append(
+            "ZeRO-3 with `reduce_scatter: false` divides a gradient by the data-parallel size when its bucket goes "
+            "through the contiguous all-reduce, and by the number of processes otherwise (`contiguous_gradients: "
+            "false`, or a parameter larger than `reduce_bucket_size`, as an 8B model's embeddings and MLP matrices "
+            "are under transformers' 'auto' of hidden_size^2), so no one loss scale is exact: remove "
+            "`reduce_scatter: false` (the default reduce-scatter divides every gradient by the number of processes)"
+        )
+    if float(deepspeed_config.get("gradient_predivide_factor", 1.0)) != 1.0:
+        refused.append(
+            "`gradient_predivide_factor` changes the divisor on some reduction paths and not others (set to the "
+            "number of processes, it makes ZeRO-1/2's all-reduce divide by that instead of the data-parallel size): "
+            "set it to 1.0"
+        )
+    if deepspeed_config.get("prescale_gradients", False):
+        refused.append("`prescale_gradients: true` (DeepSpeed refuses it with ZeRO-2/3's reduce-scatter): remove it")
+    if deepspeed_config.get("gradient_allreduce_op", "mean") != "mean":
+        refused.append("`gradient_allreduce_op` other than 'mean' (the loss is scaled for a mean): remove it")
+    if zero.zero_quantized_gradients:
+        refused.append("`zero_quantized_gradients` (quantized, so not exact): remove it")
+    if zero.zero_hpz_partition_size > 1:
+        refused.append("`zero_hpz_partition_size` above 1 (hpZ's reduction is not followed here): set it to 1")
+    if given.get("zenflow"):
+        refused.append("ZenFlow (`zenflow`), which reduces gradients on its own path: remove it")
+    if (deepspeed_config.get("compile") or {}).get("deepcompile"):
+        refused.append("DeepCompile, which reduces gradients inside its compiled graph: remove `compile.deepcompile`")
+    if refused:
+        raise ValueError(
+            "under sequence parallelism the loss is scaled for what DeepSpeed divides the summed gradient by, which "
+            "these DeepSpeed settings make wrong: " + "; ".join(refused) + "."
+        )
+
+
+def gradient_divisor(engine, num_processes: int, sp_size: int) -> int:
+    """What DeepSpeed divides the gradient summed over all ranks by, under Ulysses SP, for the settings
+    `check_gradient_reduction` accepts: every rank under ZeRO-3 (its reduce-scatter), the data-parallel replicas
+    (world / sp_size) under ZeRO 0-2. Each rank's loss is scaled by it so that the applied gradient is the objective's.
+    """
+    if engine.zero_optimization_stage() == 3:
+        if not engine.zero_reduce_scatter():
+            raise RuntimeError("ZeRO-3 without reduce-scatter under SP should have been refused before training")
         return num_processes
     return num_processes // sp_size

@@ -125,7 +125,10 @@ class LongAlignSFTTrainer(SFTTrainer):
         self._sp_size = sequence_parallel_size(parallelism)
         self._sp_collator = None
         if self._sp_size > 1:
-            check_sequence_parallel(args, parallelism, self.accelerator.num_processes, self.is_deepspeed_enabled)
+            deepspeed_config = (
+                self.accelerator.state.deepspeed_plugin.deepspeed_config if self.is_deepspeed_enabled else None
+            )
+            check_sequence_parallel(args, parallelism, self.accelerator.num_processes, deepspeed_config)
             self._sp_collator = SequenceParallelCollator(collator, args.max_length)
         if args.batching == "pack":
             check_packable_model(self.model)
@@ -315,12 +318,15 @@ class LongAlignSFTTrainer(SFTTrainer):
         share = loss_sum / self._denominator(*self._step_totals).to(loss_sum.dtype)
         # Gradient: undo DeepSpeed's division of the summed gradient. Value: the Trainer logs the mean over all
         # processes, so each reports its share times the number of processes (as without SP).
-        gradient = share * gradient_divisor(self.model_wrapped, self.accelerator.num_processes, self._sp_size)
-        value = share.detach() * self.accelerator.num_processes
+        processes = self.accelerator.num_processes
+        divisor = gradient_divisor(self.model_wrapped, processes, self._sp_size)
+        gradient, value = share * divisor, share.detach() * processes
         if self.aux_loss_enabled:
-            # Each rank's router loss is that of its slice; their mean over the SP group stands for the row's.
+            # The step's router loss is the mean of every rank's slice's over processes and accumulation steps: each
+            # rank adds 1/processes of its own, times DeepSpeed's divisor (1/sp_size of it under ZeRO 0-2, all of it
+            # under ZeRO-3).
             aux = self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
-            gradient, value = gradient + aux / self._sp_size, value + aux.detach()
+            gradient, value = gradient + aux * divisor / processes, value + aux.detach()
         loss = gradient + (value - gradient).detach()
         self._log_token_metrics(outputs, inputs)
         return (loss, outputs) if return_outputs else loss
