@@ -264,3 +264,50 @@ def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_
         "| sequence parallelism | DeepSpeed Ulysses, sp_size 2: each row is split into 512 tokens per rank |" in card
     )
     assert "x 1 data-parallel replica(s)) |" in card
+
+
+def test_the_model_card_names_local_sources_by_name_never_by_path(recipe, tmp_path, monkeypatch):
+    # `--push_to_hub` publishes the card: a local base model, data set, evaluated model or judge must not bring the
+    # folders above it (`/home/<user>/...`) into it, only its own folder or file name.
+    import datasets
+    from longbench_chat_source import write_source
+    from loopback_server import LoopbackServer
+
+    from longalign_hf import cli
+    from longalign_hf.evaluation.needle import runner
+
+    private = tmp_path / "home-ada-7f3e" / "projects-91c2"
+    base = private / "checkpoints-5b0d" / "base-model"
+    tokenizer = build_byte_tokenizer()
+    build_tiny_model(tokenizer, max_position_embeddings=1024).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    (private / "data-c4a1").mkdir()
+    data = _chat_file(private / "data-c4a1" / "chat-v2.jsonl")
+    out = private / "runs-e8b2" / "tiny-run"
+    recipe.main(*recipe.parse_args(["--model_name_or_path", str(base), "--dataset_name", data, "--max_length", "128",
+                                    "--max_steps", "1", "--output_dir", str(out), "--report_to", "none"]))  # fmt: skip
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    longbench = private / "data-c4a1" / "longbench_chat"
+    source = write_source(private / "source-3a7c")
+    assert cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(longbench)]) == 0
+    titles = []
+    plot_heatmap = runner.plot_heatmap
+    monkeypatch.setattr(runner, "plot_heatmap", lambda records, path, title, *rest, **options: (
+        titles.append(title), plot_heatmap(records, path, title, *rest, **options)))  # fmt: skip
+    with LoopbackServer(lambda request: "Rating: [[7]]") as server:  # the judge, and the generation server
+        judge = ["--judge-model", str(private / "judges-0d9e" / "judge-7b"), "--judge-base-url", server.base_url]
+        assert cli.main(["eval", "needle", "--model", str(out), "--lengths", "700", "--max-new-tokens", "2",
+                         "--depths", "0,100", "--output-dir", str(private / "evals" / "needle"), *judge]) == 0  # fmt: skip
+        assert cli.main(["eval", "longbench-chat", "--model", str(out), "--dataset", str(longbench), "--tokenizer",
+                         str(out), "--generation-base-url", server.base_url, *judge,
+                         "--output-dir", str(private / "evals" / "longbench-chat")]) == 0  # fmt: skip
+
+    card = (out / "README.md").read_text(encoding="utf-8")  # the YAML metadata included
+    assert "fine-tune of the local checkpoint `base-model`" in card and "Data sets: `chat-v2.jsonl`." in card
+    assert "model: tiny-run; depths: 0, 100" in card and "the judge `judge-7b` also rated the single needle" in card
+    assert "cases of `longbench_chat`" in card and "| tiny-run | 7.00 |" in card and "judge judge-7b" in card
+    assert titles == ["tiny-run: single needle (score 0-1)", "tiny-run: single needle (judge-7b rating 1-10)"]
+    folders = [*tmp_path.parts[1:], *private.relative_to(tmp_path).parts, "checkpoints-5b0d", "data-c4a1", "runs-e8b2",
+               "judges-0d9e", "source-3a7c", "evals"]  # fmt: skip
+    assert [folder for folder in folders if folder in card or any(folder in title for title in titles)] == []
