@@ -1,4 +1,5 @@
-"""Process teardown for multi-process runs on CPU (gloo), and launching such runs with a deadline.
+"""Process teardown for multi-process runs on CPU (gloo), telling the launcher why a worker stopped, and launching
+such runs with a deadline.
 
 PyTorch's gloo process group can deadlock while it is destroyed with the DDP reducer that holds it: the main thread
 joins gloo's worker thread while holding the GIL, and that thread may need the GIL to release a finished collective's
