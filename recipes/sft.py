@@ -8,6 +8,8 @@ arguments below works from a YAML file (`--config`) and from the command line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -16,7 +18,8 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
 from trl import (
     DatasetMixtureConfig,
     ModelConfig,
@@ -27,12 +30,13 @@ from trl import (
 )
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+from longalign_hf.command_args import check_can_create, looks_like_a_path, one_line
 from longalign_hf.data.sft_data import check_conversations, load_chat_dataset, mix_datasets
 from longalign_hf.data.synthetic import long_tailed_chat_data
 from longalign_hf.errors import UserInputError
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 from longalign_hf.training.attention import choose_attention
-from longalign_hf.training.distributed import end_training, run_then_exit
+from longalign_hf.training.distributed import end_training, run_then_exit, tell_launcher
 
 logger = logging.getLogger("longalign.sft")
 
@@ -97,11 +101,89 @@ def _given(argv: list[str], option: str) -> bool:
     return False
 
 
+def check_inputs(training_args: LongAlignConfig) -> None:
+    """Refuse, before any model or data loads, the paths that cannot work: an `--output_dir` that cannot be written,
+    a `--resume_from_checkpoint` that is no checkpoint, a missing `--chat_template_path` file or folder."""
+    check_can_create(training_args.output_dir, "--output_dir")
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is not None and not os.path.isfile(os.path.join(checkpoint, "trainer_state.json")):
+        reason = "no such folder" if not os.path.isdir(checkpoint) else "no trainer_state.json in it"
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        raise UserInputError(
+            f"--resume_from_checkpoint {checkpoint}: {reason}, so it is not a checkpoint of a run. Pass a "
+            "checkpoint-N folder that a run saved (`--save_strategy steps`); "
+            + (f"the last one in --output_dir is {last}" if last else "--output_dir holds none")
+        )
+    template = training_args.chat_template_path
+    if template is None:
+        return
+    if template.endswith((".jinja", ".j2")) and not os.path.isfile(template):
+        raise UserInputError(
+            f"--chat_template_path {template}: no such file; pass a Jinja template file, or a tokenizer folder or Hub "
+            "id whose chat template to use"
+        )
+    if looks_like_a_path(template) and not os.path.exists(os.path.expanduser(template)):
+        raise UserInputError(
+            f"--chat_template_path {template}: no such folder; pass a tokenizer folder or Hub id whose chat template "
+            "to use, or a .jinja file"
+        )
+
+
+def launcher_sp_size(training_args: LongAlignConfig) -> int:
+    """The Ulysses degree the run will have: from the training arguments, else from the accelerate launcher, which
+    passes its config file's `parallelism_config` to the processes as environment variables."""
+    if training_args.parallelism_config is not None:
+        return training_args.parallelism_config.sp_size
+    if os.environ.get("ACCELERATE_USE_PARALLELISM_CONFIG", "false").lower() != "true":
+        return 1
+    return int(os.environ.get("PARALLELISM_CONFIG_SP_SIZE", "1"))
+
+
+def check_heads_split(config, sp_size: int) -> None:
+    """Refuse an `sp_size` that Ulysses cannot split the model's attention heads by (DeepSpeed would refuse it only
+    inside `train()`, after the data is prepared): it must divide the query heads, and divide or be a multiple of
+    the key/value heads."""
+    if sp_size <= 1:
+        return
+    text = config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+
+    def splits(size: int) -> bool:
+        return heads % size == 0 and (kv_heads % size == 0 or size % kv_heads == 0)
+
+    if not splits(sp_size):
+        sizes = ", ".join(str(size) for size in range(2, heads + 1) if splits(size))
+        raise UserInputError(
+            f"sp_size {sp_size} cannot split the model's {heads} attention heads ({kv_heads} key/value heads) over "
+            "the ranks of a sequence-parallel group: Ulysses gives each rank heads / sp_size of them. Set "
+            f"`parallelism_config_sp_size` in the accelerate config to one of {sizes or 'none: this model cannot'} "
+            "(and the number of processes to a multiple of it)"
+        )
+
+
+def _from_pretrained(load, name: str, flag: str, what: str, fix: str, **kwargs):
+    """`load(name, **kwargs)`; what cannot be loaded is said in one line: `flag`, `what` it is, why, and the `fix`."""
+    try:
+        return load(name, **kwargs)
+    except (OSError, ValueError, ImportError) as error:  # no such id or folder, offline, unreadable, unsupported
+        missing = looks_like_a_path(name) and not os.path.exists(os.path.expanduser(name))
+        reason = "no such folder" if missing else one_line(error)
+        raise UserInputError(f"{flag} {name}: cannot load {what} ({reason}); {fix}") from None
+
+
 def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignConfig):
-    """The user's model by Hub id or path, or the embedded tiny one; the attention backend is chosen and logged."""
-    attention, reason = choose_attention(model_args.attn_implementation)
+    """The user's model by Hub id or path, or the embedded tiny one; the attention backend is chosen and logged.
+
+    The model's config is read first: an id that cannot be loaded, or attention heads that the sequence-parallel
+    degree cannot split, stop the run before the weights (and the data) load."""
+    try:
+        attention, reason = choose_attention(model_args.attn_implementation)
+    except ValueError as error:  # a backend this machine cannot run
+        raise UserInputError(str(error)) from None
     logger.info("Attention backend: %s (%s)", attention, reason)
     quantization = get_quantization_config(model_args)
+    sp_size = launcher_sp_size(training_args)
     if model_args.model_name_or_path is None:
         if quantization is not None:
             raise UserInputError(
@@ -110,39 +192,43 @@ def load_tokenizer_and_model(model_args: ModelConfig, training_args: LongAlignCo
             )
         tokenizer = build_byte_tokenizer()
         model = build_tiny_model(tokenizer, seed=training_args.seed, max_position_embeddings=training_args.max_length)
+        check_heads_split(model.config, sp_size)
         model.config._attn_implementation = attention
         logger.info(
             "No --model_name_or_path: training the embedded tiny Llama (%d parameters)", model.num_parameters()
         )
         return tokenizer, model
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
+    name, flag = model_args.model_name_or_path, "--model_name_or_path"
+    hub = {"revision": model_args.model_revision, "trust_remote_code": training_args.trust_remote_code}
+    unreachable = (
+        "check the Hub id (and --model_revision), your network connection and login (for a gated model), or pass a "
+        "local model folder"
     )
-    if training_args.chat_template_path:
-        path = training_args.chat_template_path
-        if path.endswith((".jinja", ".j2")):
-            with open(path, encoding="utf-8") as handle:
-                tokenizer.chat_template = handle.read()
-        else:
-            tokenizer.chat_template = AutoTokenizer.from_pretrained(path).chat_template
+    config = _from_pretrained(AutoConfig.from_pretrained, name, flag, "a model config", unreachable, **hub)
+    check_heads_split(config, sp_size)
+    no_tokenizer = "pass a model folder or Hub id that has its tokenizer files"
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name, flag, "a tokenizer", no_tokenizer, **hub)
+    path = training_args.chat_template_path
+    if path and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+    elif path:
+        fix = "pass a tokenizer folder or Hub id whose chat template to use, or a .jinja file"
+        source = _from_pretrained(AutoTokenizer.from_pretrained, path, "--chat_template_path", "a tokenizer", fix)
+        tokenizer.chat_template = source.chat_template
     if not tokenizer.chat_template:
-        raise ValueError(
-            f"{model_args.model_name_or_path} has no chat template; set --chat_template_path to a tokenizer or .jinja"
-        )
-    model = AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path,
-        revision=model_args.model_revision,
-        trust_remote_code=training_args.trust_remote_code,
+        raise UserInputError(f"{name} has no chat template; set --chat_template_path to a tokenizer or .jinja file")
+    return tokenizer, _from_pretrained(
+        AutoModelForCausalLM.from_pretrained, name, flag, "the model",
+        "check --dtype, --attn_implementation and --load_in_4bit/8bit (and that their packages are installed)",
         attn_implementation=attention,
         dtype=model_args.dtype or "auto",
         quantization_config=quantization,
         # A quantized model is placed when loaded: each process on its own GPU.
         device_map={"": training_args.local_process_index} if quantization is not None else None,
+        **hub,
         **(training_args.model_init_kwargs or {}),
-    )
-    return tokenizer, model
+    )  # fmt: skip
 
 
 def load_data(
@@ -224,6 +310,7 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
     logging.getLogger("longalign_hf").setLevel(level)
     embedded = model_args.model_name_or_path is None
 
+    check_inputs(training_args)
     tokenizer, model = load_tokenizer_and_model(model_args, training_args)
     if script_args.ignore_bias_buffers:
         # DDP cannot broadcast boolean buffers (e.g. causal masks kept as buffers): leave them out of its sync.
@@ -265,11 +352,25 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
 
 
 def run_from_command_line():
-    """`main` on the command line's options; bad input prints one line and exits 2, as the `longalign` command does."""
+    """`main` on the command line's options. Bad input (an unknown option, a refused setting, a path or model that
+    cannot be used) prints one line and exits 2, as the `longalign` command does. Under a launcher only the first
+    process of each machine prints it (each process meets the same input); the launcher's failure summary gives it
+    as every process's reason, with their exit status 2, and the launcher itself exits 1 (`accelerate launch` and
+    `torchrun` end with 1 whatever their workers' status)."""
+    speaks = os.environ.get("LOCAL_RANK", "0") == "0"
     try:
-        return main(*parse_args())
+        # argparse's own errors (a value of the wrong type) print the usage: once, too.
+        with contextlib.nullcontext() if speaks else contextlib.redirect_stderr(io.StringIO()):
+            try:
+                arguments = parse_args()
+            except ValueError as error:  # an unknown option or a refused combination: the options alone are wrong
+                raise UserInputError(str(error)) from None
+        return main(*arguments)
     except UserInputError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        line = f"error: {' '.join(str(error).split())}"
+        if speaks:
+            print(line, file=sys.stderr)
+        tell_launcher(line)  # a launcher's failure summary then gives it as each process's reason, with status 2
         raise SystemExit(2) from None
 
 

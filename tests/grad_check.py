@@ -23,7 +23,7 @@ from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 from longalign_hf.training.collator import BOOKKEEPING_KEYS
 from longalign_hf.training.distributed import run_then_exit
 
-NUM_SAMPLES = 12  # 11 with targets + 1 without
+NUM_SAMPLES = 12  # 11 with targets + 1 without (which the trainer drops)
 NUM_PACKS = 6
 MAX_LENGTH = 256
 
@@ -47,7 +47,8 @@ def _conversation(rng: torch.Generator, index: int) -> list[dict[str, str]]:
 
 
 def build_dataset(tokenizer) -> datasets.Dataset:
-    """12 tokenized samples (one without any target token) that `bfd` packs into exactly 6 packs of <= 256 tokens."""
+    """12 tokenized samples (one without any target token, which the trainer drops) that `bfd` packs into exactly 6
+    packs of <= 256 tokens."""
     for seed in range(1000):
         rng = torch.Generator().manual_seed(seed)
         records = [{"messages": _conversation(rng, i)} for i in range(NUM_SAMPLES - 1)]

@@ -29,6 +29,7 @@ def test_the_examples_are_found():
         for name in MODULES
     }
     expected = ["training.collator", "training.packed_dataset", "training.packing", "training.sampler", "errors"]
+    expected += ["public_names"]
     expected += ["data.chat", "data.self_instruct.prompts", "data.sft.conversations", "data.longbench_chat.source"]
     expected += ["evaluation.longbench_chat.scoring"]
     expected += ["evaluation.needle.probes", "evaluation.needle.command", "evaluation.generation"]

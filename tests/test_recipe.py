@@ -4,6 +4,7 @@ import glob
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -236,6 +237,113 @@ def test_a_bad_row_names_its_file_and_the_command_line_exits_2(recipe, tiny_dir,
     assert err.startswith(f"error: {data}, row 3 (rows count from 0): the conversation has no assistant turn")
 
 
+def _checkpoint(folder):
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    return folder
+
+
+# Each bad input, with the start of the one line it must end in. A --dataset_name that does not exist comes with
+# each: an input checked after the data started loading would end in the data set's error instead.
+MISTYPED_INPUTS = {
+    "unknown option": (
+        ["--leraning_rate", "1e-4"],
+        "error: Some specified arguments are not used by the HfArgumentParser",
+    ),
+    "output_dir is a file": (
+        ["--output_dir", "{tmp}/a-file"],
+        "error: --output_dir {tmp}/a-file is a file: pass a folder",
+    ),
+    "resume from nowhere": (
+        ["--resume_from_checkpoint", "{tmp}/out/checkpoint-9"],
+        "error: --resume_from_checkpoint {tmp}/out/checkpoint-9: no such folder, so it is not a checkpoint of a run. "
+        "Pass a checkpoint-N folder that a run saved (`--save_strategy steps`); the last one in --output_dir is "
+        "{tmp}/out/checkpoint-4",
+    ),
+    "missing chat template": (
+        ["--chat_template_path", "{tmp}/templates/chat.jinja"],
+        "error: --chat_template_path {tmp}/templates/chat.jinja: no such file; pass a Jinja template file",
+    ),
+    "missing chat template folder": (
+        ["--chat_template_path", "{tmp}/templates/tokenizer"],
+        "error: --chat_template_path {tmp}/templates/tokenizer: no such folder",
+    ),
+    "flash_attention_2 without flash-attn or GPU": (
+        ["--attn_implementation", "flash_attention_2"],
+        "error: attn_implementation='flash_attention_2' needs the flash-attn package and a CUDA GPU",
+    ),
+    "sp_size that does not split the heads": (
+        [],  # sp_size 3 from the accelerate launcher's environment; the tiny model has 4 heads (2 key/value heads)
+        "error: sp_size 3 cannot split the model's 4 attention heads (2 key/value heads) over the ranks of a "
+        "sequence-parallel group: Ulysses gives each rank heads / sp_size of them. Set `parallelism_config_sp_size` "
+        "in the accelerate config to one of 2, 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTYPED_INPUTS))
+def test_a_mistyped_input_ends_in_one_line_and_status_2_before_any_data_work(
+    recipe, tiny_dir, tmp_path, monkeypatch, capsys, case
+):
+    from longalign_hf.training.attention import flash_attn_available
+
+    if case.startswith("flash_attention_2") and flash_attn_available():
+        pytest.skip("flash-attn and a GPU are here: flash_attention_2 is a valid choice")
+    (tmp_path / "a-file").write_text("")
+    _checkpoint(tmp_path / "out" / "checkpoint-4")
+    if case.startswith("sp_size"):
+        monkeypatch.setenv("ACCELERATE_USE_PARALLELISM_CONFIG", "true")
+        monkeypatch.setenv("PARALLELISM_CONFIG_SP_SIZE", "3")
+    options, expected = MISTYPED_INPUTS[case]
+    argv = ["sft.py", "--model_name_or_path", tiny_dir, "--dataset_name", str(tmp_path / "missing.jsonl"),
+            "--output_dir", str(tmp_path / "out"), "--report_to", "none"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", [*argv, *(option.format(tmp=tmp_path) for option in options)])
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.run_from_command_line()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if line.startswith("error:")] == [
+        err.strip().splitlines()[-1]
+    ]
+    assert err.strip().splitlines()[-1].startswith(expected.format(tmp=tmp_path))
+
+
+def test_an_unknown_model_id_offline_ends_in_one_line_and_status_2(tmp_path):
+    # A subprocess, as a user runs it: offline mode is read when huggingface_hub is imported, and what the interpreter
+    # prints for an exception that escapes (four chained tracebacks before) is part of what is checked.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    argv = ["--model_name_or_path", "nobody/no-such-model", "--dataset_name", str(tmp_path / "missing.jsonl"),
+            "--output_dir", str(tmp_path / "out")]  # fmt: skip
+    completed = subprocess.run([sys.executable, os.path.join(ROOT, "recipes", "sft.py"), *argv], capture_output=True,
+                               text=True, env=env, timeout=300)  # fmt: skip
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    [line] = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert completed.stderr.strip().splitlines()[-1] == line
+    assert line.startswith(
+        "error: --model_name_or_path nobody/no-such-model: cannot load a model config (We couldn't connect to "
+        "'https://huggingface.co' to load the files, and couldn't find them in the cached files.); check the Hub id "
+        "(and --model_revision), your network connection and login (for a gated model), or pass a local model folder"
+    )
+
+
+@pytest.mark.multiprocess
+def test_bad_input_under_a_two_process_launch_is_printed_once_with_status_2_in_the_summary(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    completed = accelerate_launch(
+        os.path.join(ROOT, "recipes", "sft.py"), ["--output_dir", str(tmp_path / "a-file")], timeout=180
+    )
+    line = f"error: --output_dir {tmp_path / 'a-file'} is a file: pass a folder (it is created if missing)"
+    assert completed.stderr.splitlines().count(line) == 1, completed.stderr[-3000:]
+    # The launcher's failure summary: each process's exit status and reason (their error files), no pointer to a
+    # traceback; no frame of the recipe or the package in what the launcher prints.
+    assert completed.stderr.count("exitcode  : 2 (pid: ") == 2
+    assert completed.stderr.count(f"traceback : {line}") == 2 and "To enable traceback" not in completed.stderr
+    frames = [text for text in completed.stderr.splitlines() if text.lstrip().startswith('File "')]
+    assert frames and not [frame for frame in frames if "sft.py" in frame or "longalign_hf" in frame]
+    assert completed.returncode == 1  # accelerate launch ends with 1 whatever its workers' status
+
+
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_path):
@@ -264,3 +372,50 @@ def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_
         "| sequence parallelism | DeepSpeed Ulysses, sp_size 2: each row is split into 512 tokens per rank |" in card
     )
     assert "x 1 data-parallel replica(s)) |" in card
+
+
+def test_the_model_card_names_local_sources_by_name_never_by_path(recipe, tmp_path, monkeypatch):
+    # `--push_to_hub` publishes the card: a local base model, data set, evaluated model or judge must not bring the
+    # folders above it (`/home/<user>/...`) into it, only its own folder or file name.
+    import datasets
+    from longbench_chat_source import write_source
+    from loopback_server import LoopbackServer
+
+    from longalign_hf import cli
+    from longalign_hf.evaluation.needle import runner
+
+    private = tmp_path / "home-ada-7f3e" / "projects-91c2"
+    base = private / "checkpoints-5b0d" / "base-model"
+    tokenizer = build_byte_tokenizer()
+    build_tiny_model(tokenizer, max_position_embeddings=1024).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    (private / "data-c4a1").mkdir()
+    data = _chat_file(private / "data-c4a1" / "chat-v2.jsonl")
+    out = private / "runs-e8b2" / "tiny-run"
+    recipe.main(*recipe.parse_args(["--model_name_or_path", str(base), "--dataset_name", data, "--max_length", "128",
+                                    "--max_steps", "1", "--output_dir", str(out), "--report_to", "none"]))  # fmt: skip
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+    longbench = private / "data-c4a1" / "longbench_chat"
+    source = write_source(private / "source-3a7c")
+    assert cli.main(["data", "build", "longbench-chat", "--source", str(source), "--out", str(longbench)]) == 0
+    titles = []
+    plot_heatmap = runner.plot_heatmap
+    monkeypatch.setattr(runner, "plot_heatmap", lambda records, path, title, *rest, **options: (
+        titles.append(title), plot_heatmap(records, path, title, *rest, **options)))  # fmt: skip
+    with LoopbackServer(lambda request: "Rating: [[7]]") as server:  # the judge, and the generation server
+        judge = ["--judge-model", str(private / "judges-0d9e" / "judge-7b"), "--judge-base-url", server.base_url]
+        needle = ["eval", "needle", "--model", str(out), "--lengths", "700", "--max-new-tokens", "2"]
+        assert cli.main([*needle, "--depths", "0,100", "--output-dir", str(private / "evals" / "needle"), *judge]) == 0
+        assert cli.main(["eval", "longbench-chat", "--model", str(out), "--dataset", str(longbench), "--tokenizer",
+                         str(out), "--generation-base-url", server.base_url, *judge,
+                         "--output-dir", str(private / "evals" / "longbench-chat")]) == 0  # fmt: skip
+
+    card = (out / "README.md").read_text(encoding="utf-8")  # the YAML metadata included
+    assert "fine-tune of the local checkpoint `base-model`" in card and "Data sets: `chat-v2.jsonl`." in card
+    assert "model: tiny-run; depths: 0, 100" in card and "the judge `judge-7b` also rated the single needle" in card
+    assert "cases of `longbench_chat`" in card and "| tiny-run | 7.00 |" in card and "judge judge-7b" in card
+    assert titles == ["tiny-run: single needle (score 0-1)", "tiny-run: single needle (judge-7b rating 1-10)"]
+    folders = [*tmp_path.parts[1:], *private.relative_to(tmp_path).parts, "checkpoints-5b0d", "data-c4a1", "runs-e8b2",
+               "judges-0d9e", "source-3a7c", "evals"]  # fmt: skip
+    assert [folder for folder in folders if folder in card or any(folder in title for title in titles)] == []

@@ -1,4 +1,5 @@
-"""Process teardown for multi-process runs on CPU (gloo), and launching such runs with a deadline.
+"""Process teardown for multi-process runs on CPU (gloo), telling the launcher why a worker stopped, and launching
+such runs with a deadline.
 
 PyTorch's gloo process group can deadlock while it is destroyed with the DDP reducer that holds it: the main thread
 joins gloo's worker thread while holding the GIL, and that thread may need the GIL to release a finished collective's
@@ -9,10 +10,12 @@ written, whether its work returned or raised. GPU runs (NCCL) and single-process
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -80,6 +83,23 @@ def run_then_exit(main: Callable[..., Any], *args: Any) -> Any:
         raise
     exit_if_gloo(0)
     return result
+
+
+def tell_launcher(message: str) -> None:
+    """Leave `message` where torch-elastic's launcher (`torchrun`, `accelerate launch` with several processes) reads
+    why a worker failed, so its failure summary shows it for this process instead of a pointer to tracebacks.
+
+    Does nothing outside such a launcher. The launcher still ends with status 1 whatever its workers' status: the
+    summary it prints carries each worker's exit code.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump({"message": message, "timestamp": int(time.time())}, handle)
+    except OSError:
+        pass  # the summary then shows torch's pointer to tracebacks, as it would have
 
 
 def run_with_deadline(

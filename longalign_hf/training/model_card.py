@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import re
 import tempfile
 from collections.abc import Sequence
 from importlib import metadata
@@ -24,25 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from longalign_hf.data.longbench_chat.format import CITATION
+from longalign_hf.public_names import hub_id, public_name
 
 CARD_NAME = "README.md"
 # Evaluation sections go right above this line; a card without it gets an evaluation section at its end.
 EVALUATION_ANCHOR = "<!-- longalign:evaluation -->"
 PAPER_URL = "https://arxiv.org/abs/2401.18058"
 _LIBRARIES = ("torch", "transformers", "trl", "datasets", "accelerate", "peft", "huggingface_hub")
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_DATA_FILES = (".json", ".jsonl", ".parquet", ".csv", ".txt")
-
-
-def hub_id(name: str | None) -> str | None:
-    """`name` when it reads as a Hub repository id (`org/name`, not a local path or a data file), else `None`.
-
-    >>> hub_id("THUDM/LongAlign-10k"), hub_id("data/missing.jsonl"), hub_id("embedded data")
-    ('THUDM/LongAlign-10k', None, None)
-    """
-    if not name or not _HUB_ID.fullmatch(name) or name.endswith(_DATA_FILES) or os.path.exists(name):
-        return None
-    return name
 
 
 def data_statistics(rows: int, tokenized) -> dict[str, Any]:
@@ -189,7 +176,7 @@ def _base_sentence(facts: dict[str, Any]) -> str:
     elif hub_id(base):
         origin = f"[{base}](https://huggingface.co/{base}) ({size})"
     else:
-        origin = f"the local checkpoint `{base}` ({size})"
+        origin = f"the local checkpoint `{public_name(base)}` ({size})"
     if facts["adapter"]:
         lead = f"This is a {facts['adapter']} adapter on {origin}"
     else:
@@ -201,7 +188,7 @@ def _base_sentence(facts: dict[str, Any]) -> str:
 
 
 def _data_section(facts: dict[str, Any]) -> str:
-    names = [f"[{name}](https://huggingface.co/datasets/{name})" if hub_id(name) else f"`{name}`"
+    names = [f"[{name}](https://huggingface.co/datasets/{name})" if hub_id(name) else f"`{public_name(name)}`"
              for name in facts["datasets"]]  # fmt: skip
     listed = ", ".join(names) if names else "not named (pass `dataset_names` to `LongAlignSFTTrainer`)"
     data = facts["data"]

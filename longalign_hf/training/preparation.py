@@ -10,7 +10,9 @@ from typing import Any
 import datasets
 import numpy as np
 
+from longalign_hf.data.chat import IGNORE_INDEX
 from longalign_hf.data.sft_data import prepare_sft_dataset
+from longalign_hf.errors import UserInputError
 from longalign_hf.training.config import LongAlignConfig
 from longalign_hf.training.packed_dataset import column_array, pack_dataset
 from longalign_hf.training.schedule import balanced_pack_order, sample_cost, step_efficiency
@@ -48,7 +50,8 @@ def apply_template_settings(model, tokenizer, args: LongAlignConfig):
 
 
 def tokenize(dataset, tokenizer, args: LongAlignConfig, split: str):
-    """A `messages` data set tokenized with assistant-only targets, or a tokenized one checked against `max_length`."""
+    """A `messages` data set tokenized with assistant-only targets, or a tokenized one checked against `max_length`
+    and rid of its rows without a target token (counted and logged, as `prepare_sft_dataset` does for `messages`)."""
     if dataset is None:
         return None
     if not isinstance(dataset, datasets.Dataset):
@@ -67,12 +70,60 @@ def tokenize(dataset, tokenizer, args: LongAlignConfig, split: str):
                 f"{len(too_long)} tokenized {split} samples are over max_length={args.max_length} (first: row "
                 f"{too_long[0]}); truncate or drop them, or pass `messages` so the `overflow` policy applies"
             )
-        return dataset
+        return _drop_rows_without_targets(dataset, f"{split} data set")
     tokenized, _ = prepare_sft_dataset(
         dataset, tokenizer, args.max_length, overflow=args.overflow, bad_rows=args.bad_rows,
         num_proc=args.dataset_num_proc, source=f"{split} data set",
     )  # fmt: skip
     return tokenized
+
+
+def _target_counts(dataset: datasets.Dataset, batch_rows: int = 10_000) -> np.ndarray:
+    """Each row's target tokens as the collator counts them: labels other than -100, the first token of each sample
+    (of each `seq_lengths` part in a packed row) excepted, since no token comes before it to predict it."""
+    columns = ["labels", "seq_lengths"] if "seq_lengths" in dataset.column_names else ["labels"]
+    table = dataset.select_columns(columns).with_format("arrow")
+    counts = []
+    for start in range(0, len(dataset), batch_rows):
+        batch = table[start : start + batch_rows]
+        labels = batch["labels"].combine_chunks()
+        offsets = labels.offsets.to_numpy().astype(np.int64)
+        is_target = labels.values.to_numpy(zero_copy_only=False) != IGNORE_INDEX
+        if "seq_lengths" in columns:
+            parts = batch["seq_lengths"].combine_chunks()
+            part_offsets = parts.offsets.to_numpy().astype(np.int64)
+            running_length = np.concatenate([[0], np.cumsum(parts.values.to_numpy(zero_copy_only=False))])
+            row_of_part = np.repeat(np.arange(len(labels)), np.diff(part_offsets))
+            part_index = np.arange(part_offsets[0], part_offsets[-1])
+            starts = running_length[part_index] - running_length[part_offsets[:-1]][row_of_part]  # within the row
+            inside = starts < np.diff(offsets)[row_of_part]  # lengths that overrun their row are the collator's error
+            first_tokens = offsets[row_of_part][inside] + starts[inside]
+        else:
+            first_tokens = offsets[:-1][np.diff(offsets) > 0]
+        is_target[first_tokens] = False
+        running = np.concatenate([[0], np.cumsum(is_target)])
+        counts.append(running[offsets[1:]] - running[offsets[:-1]])
+    return np.concatenate(counts) if counts else np.zeros(0, dtype=np.int64)
+
+
+def _drop_rows_without_targets(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+    """`dataset` without its rows that have no target token, which would leave an optimizer step without a loss."""
+    has_targets = _target_counts(dataset) > 0
+    empty = np.flatnonzero(~has_targets)
+    if not len(empty):
+        return dataset
+    kept = len(dataset) - len(empty)
+    examples = "; ".join(f"row {row}: no label other than -100 after the first token" for row in empty[:3])
+    summary = (
+        f"{source}: {len(dataset)} rows -> {kept} samples kept, dropped: {len(empty)} no target token left "
+        f"(e.g. {examples})"
+    )
+    if kept == 0:
+        raise UserInputError(
+            f"{source}: no trainable sample left. {summary}. Give `labels` other than -100 on the tokens to learn"
+        )
+    logger.warning(summary)
+    return dataset.select(np.flatnonzero(has_targets))
 
 
 def tokenize_eval(eval_dataset, tokenizer, args: LongAlignConfig):

@@ -64,7 +64,9 @@ def test_needle_adds_its_heatmap_and_table_and_a_rerun_replaces_them(model_folde
     assert content.replace(section + "\n\n", "") == original  # inserted above the anchor, nothing else touched
     assert content.index(section) < content.index("<!-- longalign:evaluation -->") < content.index("## Framework")
     table, notes = (tmp_path / "first" / "summary.md").read_text(encoding="utf-8").strip().split("\n\n")
-    assert table in section and f"\n- {notes}\n" in section  # the summary's notes as a list
+    # The summary's notes as a list; the card names the model by its folder only.
+    assert notes.startswith(f"model: {model_folder}; ")
+    assert table in section and f"\n- {notes.replace(str(model_folder), model_folder.name)}\n" in section
     assert f"`longalign eval needle`, {TODAY}: probes single at 2 depths" in section
     assert "](needle_heatmap_single.png)" in section
     heatmap = (model_folder / "needle_heatmap_single.png").read_bytes()

@@ -1,6 +1,8 @@
 """The loss-weighting contract: one optimizer step's gradient equals the hand-computed objective's gradient."""
 
 import json
+import logging
+import math
 import os
 
 import datasets
@@ -10,6 +12,7 @@ from grad_check import build_dataset, reference_loss, run_case, run_eval_case
 from launch import accelerate_launch
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
+from longalign_hf.errors import UserInputError
 from longalign_hf.tiny import build_tiny_model
 
 TOLERANCE = 1e-5
@@ -46,9 +49,9 @@ CASES = [
 # differ from step to step, and the last step is shorter where the rows do not divide: a trainer that normalized by
 # the data set's M or N, or by a full step's, would fail these.
 MULTI_STEP_CASES = [
-    ({"batching": "naive", "loss_weighting": "sequence", "accumulation": 2, "micro_rows": 2}, 3),
+    ({"batching": "naive", "loss_weighting": "sequence", "accumulation": 4, "micro_rows": 2}, 2),
     ({"batching": "naive", "loss_weighting": "token", "accumulation": 4, "micro_rows": 2}, 2),
-    ({"batching": "sort", "loss_weighting": "sequence", "accumulation": 3, "micro_rows": 2}, 2),
+    ({"batching": "sort", "loss_weighting": "sequence", "accumulation": 4, "micro_rows": 2}, 2),
     ({"batching": "pack", "loss_weighting": "sequence", "accumulation": 2, "micro_rows": 2}, 2),
     ({"batching": "pack", "loss_weighting": "token", "accumulation": 2, "micro_rows": 2}, 2),
     ({"batching": "pack", "loss_weighting": "sequence", "accumulation": 1, "micro_rows": 2}, 3),
@@ -143,8 +146,8 @@ def _trainer(tokenizer, tmp_path, dataset, eval_dataset=None, **config):
     model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=256)
     model.config._attn_implementation = config.pop("attn", "sdpa")
     args = LongAlignConfig(
-        output_dir=str(tmp_path), max_length=256, max_steps=1, report_to="none", use_cpu=True, save_strategy="no",
-        **config,
+        output_dir=str(tmp_path), max_length=256, report_to="none", use_cpu=True, save_strategy="no",
+        **{"max_steps": 1, **config},
     )  # fmt: skip
     return LongAlignSFTTrainer(
         model=model, args=args, train_dataset=dataset, eval_dataset=eval_dataset, processing_class=tokenizer
@@ -152,11 +155,12 @@ def _trainer(tokenizer, tmp_path, dataset, eval_dataset=None, **config):
 
 
 def test_train_packs_are_split_to_fill_every_slot_and_eval_packs_are_not(tokenizer, tmp_path):
-    dataset = build_dataset(tokenizer)  # 12 samples in 6 packs
+    dataset = build_dataset(tokenizer)  # 12 samples (11 once the one without a target is dropped) in 6 packs
     trainer = _trainer(tokenizer, tmp_path, dataset, batching="pack", per_device_train_batch_size=4)
     trained = trainer.train_dataset
-    assert len(trained) == 8 and sum(trained["num_samples"]) == len(dataset)
-    assert sorted(n for lengths in trained["seq_lengths"] for n in lengths) == sorted(dataset["length"])
+    kept = dataset.filter(lambda row: row["num_target_tokens"] > 0)
+    assert len(trained) == 8 and sum(trained["num_samples"]) == len(kept) == 11
+    assert sorted(n for lengths in trained["seq_lengths"] for n in lengths) == sorted(kept["length"])
     with_eval = _trainer(tokenizer, tmp_path, dataset, batching="pack", per_device_train_batch_size=4,
                          eval_dataset=dataset)  # fmt: skip
     assert len(with_eval.eval_dataset) == 6
@@ -165,11 +169,53 @@ def test_train_packs_are_split_to_fill_every_slot_and_eval_packs_are_not(tokeniz
     assert len(dropping.train_dataset) == 6
 
 
-def test_a_step_without_targets_is_refused(tokenizer, tmp_path):
-    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100] * 4}] * 2
-    trainer = _trainer(tokenizer, tmp_path, datasets.Dataset.from_list(rows), batching="naive")
-    with pytest.raises(ValueError, match="no sample in this optimizer step has a target token"):
-        trainer.train()
+def _tokenized_rows(num_rows: int, seed: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(num_rows):
+        length, prompt = (int(n) for n in torch.randint(20, 60, (2,), generator=generator))
+        ids = torch.randint(5, 200, (length,), generator=generator).tolist()
+        rows.append({"input_ids": ids, "labels": [-100] * (prompt // 3) + ids[prompt // 3 :]})
+    return rows
+
+
+@pytest.mark.parametrize("batching", ["pack", "naive"])
+def test_tokenized_rows_without_targets_are_dropped_and_counted(tokenizer, tmp_path, batching, caplog):
+    # Long rows without a target fill packs (and naive steps) of their own: kept, they would make steps without loss.
+    good = _tokenized_rows(7, seed=1)
+    ids = list(range(5, 245))  # 240 tokens: no other sample fits next to it in 256
+    bad = [
+        {"input_ids": ids, "labels": [-100] * len(ids)},
+        {"input_ids": ids[:238], "labels": [-100] * 238},
+        {"input_ids": ids, "labels": [ids[0]] + [-100] * (len(ids) - 1)},  # the first token is never a target
+    ]
+    mixed = [good[0], bad[0], *good[1:4], bad[1], bad[2], *good[4:]]
+    options = dict(batching=batching, optim="sgd", learning_rate=0.5, per_device_train_batch_size=1,
+                   gradient_accumulation_steps=2, max_steps=-1, num_train_epochs=2, logging_steps=1)  # fmt: skip
+    runs = []
+    for rows in (mixed, good):
+        with caplog.at_level(logging.INFO, logger="longalign_hf"):
+            caplog.clear()
+            trainer = _trainer(tokenizer, tmp_path / str(len(rows)), datasets.Dataset.from_list(rows), **options)
+            trainer.train()
+        runs.append((trainer, caplog.text))
+    (trainer, log), (reference, _) = runs
+    assert "train data set: 10 rows -> 7 samples kept, dropped: 3 no target token left (e.g. row 1:" in log
+    assert trainer.state.global_step == reference.state.global_step
+    assert trainer.state.global_step == (8 if batching == "naive" else 2 * math.ceil(len(trainer.train_dataset) / 2))
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses == [entry["loss"] for entry in reference.state.log_history if "loss" in entry]
+    for name, value in reference.model.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], value, rtol=0, atol=0)
+    trainer.save_model()
+    card = (tmp_path / "10" / "README.md").read_text(encoding="utf-8")
+    assert "| rows read | 10 |" in card and "| rows dropped (bad row, over max_length, no target token) | 3 |" in card
+
+
+def test_a_data_set_without_any_target_is_refused_before_training(tokenizer, tmp_path):
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100] * 4}, {"input_ids": [5, 6], "labels": [5, -100]}]
+    with pytest.raises(UserInputError, match="train data set: no trainable sample left.*dropped: 2 no target token"):
+        _trainer(tokenizer, tmp_path, datasets.Dataset.from_list(rows), batching="naive")
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ from longalign_hf.evaluation.longbench_chat.summary import (
     shortfall,
 )
 from longalign_hf.evaluation.model_card import record_in_model_card
-from longalign_hf.training.model_card import hub_id
+from longalign_hf.public_names import hub_id
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from longalign_hf.public_names import public_name
+
 
 def shortfall(results: dict[str, Any]) -> str | None:
     """What a `run_longbench_chat` result lacks, as one sentence ("2 of 12 cases have no score ..."); `None` if
@@ -69,18 +71,27 @@ def format_summary(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _public(results: dict[str, Any]) -> dict[str, Any]:
+    """`results` with the model, data set and judge named as a published card may name them (`public_name`): a local
+    folder or file by its name only."""
+    return {**results, **{key: public_name(results[key]) for key in ("model", "dataset", "judge_model")}}
+
+
 def card_key(results: dict[str, Any]) -> str:
     """The model card section of a run: one per data set configuration and judge, so a rerun replaces its own.
 
     >>> card_key({"config": "all", "judge_model": "gpt-4o-2024-05-13"})
     'longbench-chat:all:gpt-4o-2024-05-13'
     """
-    judge = re.sub(r"-{2,}", "-", re.sub(r"[^\w.:/@+-]", "_", results["judge_model"]))  # HTML comments allow no "--"
+    judge = re.sub(r"[^\w.:/@+-]", "_", public_name(results["judge_model"]))
+    judge = re.sub(r"-{2,}", "-", judge)  # HTML comments allow no "--"
     return f"longbench-chat:{results['config']}:{judge}"
 
 
 def card_section(results: dict[str, Any], date: str) -> str:
-    """The LongBench-Chat section of a model card: what was run (`date`: when) and the `format_summary` table."""
+    """The LongBench-Chat section of a model card: what was run (`date`: when) and the `format_summary` table; a local
+    model, data set or judge is named by its folder or file name only."""
+    results = _public(results)
     generation = results["generation"]
     via = "transformers" if generation["via"] == "transformers" else "a generation server"
     cut = f"prompts over {generation['max_length']:,} tokens cut in the middle" if generation["max_length"] else ""
@@ -103,6 +114,7 @@ def model_index_result(results: dict[str, Any], date: str, dataset_type: str):
     set's Hub id (or another identifier when it was read from a local folder)."""
     from huggingface_hub import EvalResult
 
+    results = _public(results)
     return EvalResult(
         task_type="text-generation",
         task_name="Long-context instruction following",

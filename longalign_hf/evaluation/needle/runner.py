@@ -50,6 +50,7 @@ from longalign_hf.evaluation.needle.probes import (
 )
 from longalign_hf.evaluation.needle.summary import format_summary, off_depth, summarize
 from longalign_hf.llm_client import ChatClient, total_usage
+from longalign_hf.public_names import public_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -296,11 +297,12 @@ def run_needle(
     results["num_off_depth"] = sum(off_depth(record) for record in kept)
 
     heatmaps = []  # (file name, records, title, value key): drawn if some record has a value to show
+    shown = public_name(model_name)  # the heatmaps go into the model card: no local path in their titles
     for probe in probes:
         probe_records = [record for record in kept if record["probe"] == probe]
-        heatmaps.append((f"heatmap_{probe}.png", probe_records, f"{model_name}: {probe} needle (score 0-1)", "score"))
+        heatmaps.append((f"heatmap_{probe}.png", probe_records, f"{shown}: {probe} needle (score 0-1)", "score"))
         if judge is not None and probe == "single":
-            title = f"{model_name}: single needle ({judge.model} rating 1-10)"
+            title = f"{shown}: single needle ({public_name(judge.model)} rating 1-10)"
             heatmaps.append(("heatmap_single_judge.png", probe_records, title, "judge_rating"))
     drawable = [heatmap for heatmap in heatmaps if any(record.get(heatmap[3]) is not None for record in heatmap[1])]
     results["heatmaps"] = [heatmap[0] for heatmap in drawable]

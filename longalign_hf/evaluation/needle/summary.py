@@ -9,6 +9,7 @@ from statistics import mean
 from typing import Any
 
 from longalign_hf.evaluation.needle.probes import DEPTH_TOLERANCE
+from longalign_hf.public_names import public_name
 
 
 def _mean_by(records: Sequence[dict[str, Any]], key: str, value_key: str) -> dict[str, float]:
@@ -82,7 +83,11 @@ def format_summary(results: dict[str, Any]) -> str:
 
 def card_section(results: dict[str, Any], images: Sequence[str], date: str) -> str:
     """The needle section of a model card: what was run (`date`: when), the heatmaps (`images`: file names next to
-    the card) and the `format_summary` table."""
+    the card) and the `format_summary` table. A local model or judge is named by its folder name only
+    (`public_name`): a card is published."""
+    results = {**results, "model": public_name(results["model"])}
+    if results.get("judge_model"):
+        results["judge_model"] = public_name(results["judge_model"])
     settings = results["settings"]
     haystack = f"the .txt files of `{Path(settings['haystack']).name}/`"
     if settings["haystack"] == "pydoc_data.topics":
