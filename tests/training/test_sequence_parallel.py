@@ -206,11 +206,12 @@ def test_two_processes_sp2_exact_and_isolated(tmp_path):
 @pytest.mark.slow
 def test_four_processes_dp2_x_sp2_and_sp4_exact_and_isolated(tmp_path):
     cases = [
-        {"sp_size": 2, "data_parallel": 2, "loss_weighting": "sequence", "accumulation": 3, "zero_stage": 1},
+        {"sp_size": 2, "data_parallel": 2, "loss_weighting": "sequence", "accumulation": 2, "zero_stage": 1},
         {"sp_size": 4, "loss_weighting": "token", "accumulation": 1, "zero_stage": 2},
     ]
     results = _run_sp_check(tmp_path, cases, 4)
-    # dp 2: two rows per micro-step, 8 packs (split for 4 slots) in steps of 3 and 1 micro-steps.
-    assert [[step["rows"] for step in result["steps"]] for result in results] == [[6, 2], [1] * 8]
+    # The 6 packs are dealt to the data-parallel replicas, not the processes. dp 2: two rows per micro-step, steps of 2
+    # and 1 micro-steps; sp 4 (one replica): one row per step.
+    assert [[step["rows"] for step in result["steps"]] for result in results] == [[4, 2], [1] * 6]
     for case, result in zip(cases, results):
         _check(result, case, 4)
