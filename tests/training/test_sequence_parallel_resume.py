@@ -8,6 +8,7 @@ optimizer step, in the same order, to the same weights); the tokens trained are 
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -17,6 +18,9 @@ from sp_resume_check import run_config
 
 from longalign_hf import LongAlignConfig, LongAlignSFTTrainer
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+from longalign_hf.training.collator import LOSS_SAMPLE_IDS, LongAlignDataCollator
+from longalign_hf.training.sequence_parallel import SequenceParallelCollator
+from longalign_hf.training.train_loader import LOSS_REAL_TOKENS, SequenceParallelSlicer
 
 SP_RESUME_CHECK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sp_resume_check.py")
 
@@ -33,6 +37,36 @@ CASES = [
     {"zero_stage": 3, "accumulation": 2, "loss_weighting": "token", "optim": "adamw_torch", "max_steps": 5,
      "save_steps": 3, "seed": 2, "epoch_steps": 3},
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize("sp_size", [2, 3, 4])
+@pytest.mark.parametrize("seed", range(3))
+def test_each_rank_keeps_its_slice_of_the_row_and_counts_its_real_tokens(sp_size, seed):
+    rng = random.Random(seed)
+    samples = []
+    for _ in range(rng.randint(1, 6)):
+        ids = [rng.randint(3, 99) for _ in range(rng.randint(2, 30))]
+        samples.append({"input_ids": ids, "labels": [rng.choice([-100, token]) for token in ids]})
+    row_length = sp_size * 60
+    rows = SequenceParallelCollator(LongAlignDataCollator(pad_token_id=0), row_length)
+    whole = rows(samples)
+    # The row as the plain collator pads it: padding belongs to no sample.
+    is_real = LongAlignDataCollator(pad_token_id=0, pad_to_multiple_of=row_length)(samples)[LOSS_SAMPLE_IDS] >= 0
+    parts = [SequenceParallelSlicer(rows, rank, sp_size)(samples) for rank in range(sp_size)]
+    chunk = row_length // sp_size
+    for rank, part in enumerate(parts):
+        assert part[LOSS_REAL_TOKENS] == int(is_real[0, rank * chunk : (rank + 1) * chunk].sum())
+        assert all(part[key].shape == (1, chunk) for key in part if torch.is_tensor(part[key]))
+    assert sum(part[LOSS_REAL_TOKENS] for part in parts) == sum(len(sample["input_ids"]) for sample in samples)
+    for key in whole:
+        if key == "labels":
+            # What position t predicts: the label at t + 1 (DeepSpeed's `shift_labels`).
+            joined = torch.cat([part["shift_labels"] for part in parts], dim=1)
+            assert joined[0, :-1].tolist() == whole["labels"][0, 1:].tolist() and joined[0, -1] == -100
+        elif torch.is_tensor(whole[key]):
+            assert torch.equal(torch.cat([part[key] for part in parts], dim=1), whole[key]), key
+        else:
+            assert all(part[key] == whole[key] for part in parts), key
 
 
 class _StepSamples(LongAlignSFTTrainer):
