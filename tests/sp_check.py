@@ -2,7 +2,7 @@
 
 Launched as `DS_ACCELERATOR=cpu torchrun --nproc_per_node P tests/sp_check.py CASES.json OUT.pt OUTPUT_DIR`: trains
 `LongAlignSFTTrainer` for one epoch on the 12 samples of `grad_check` (6 packs) under `ParallelismConfig(sp_size=S,
-sp_backend="deepspeed")` and DeepSpeed ZeRO, with the real `UlyssesSPDataLoaderAdapter` and `UlyssesSPAttentionHF`.
+sp_backend="deepspeed")` and DeepSpeed ZeRO, with the real `UlyssesSPAttentionHF` (and the trainer's own train loader).
 Rank 0 writes, for every optimizer step, the gradient DeepSpeed applied (read inside `engine.step`, after its
 reductions) and the loss the Trainer logged, next to the gradient and value of the LongAlign objective over the step's
 samples, each sample run alone, unpacked, through the plain model with full logits. Then it checks isolation: a packed
