@@ -63,4 +63,6 @@ def test_resume_continues_the_same_order_and_weighting(tokenizer, tmp_path, batc
     assert expected[6] == sum(dataset["length"])  # the first epoch trains every sample once
     assert full_tokens == expected
     assert resumed_tokens == expected  # steps 1-7 from the checkpoint's log history, 8-9 counted on from its count
-    assert full._total_train_tokens == resumed._total_train_tokens == expected[9]
+    # The model card reports the same count.
+    resumed.save_model(str(tmp_path / "model"))
+    assert f"| tokens trained (padding excluded) | {expected[9]:,} |" in (tmp_path / "model" / "README.md").read_text()
