@@ -3,7 +3,7 @@
 Each (sp_size, row length) runs in fresh processes: `LongAlignSFTTrainer` with packing and sequence weighting trains
 `--steps` optimizer steps on packed rows of exactly `length` tokens (samples of ~length/8 tokens, one pack per step).
 sp_size 1 is one process without DeepSpeed; sp_size S > 1 is S processes under DeepSpeed ZeRO-1 with
-`ParallelismConfig(sp_size=S, sp_backend="deepspeed")` (the real `UlyssesSPDataLoaderAdapter` and
+`ParallelismConfig(sp_size=S, sp_backend="deepspeed")` (the trainer's per-rank slices of each row and the real
 `UlyssesSPAttentionHF`; gloo on a CPU). The model is a small Llama shape (hidden 256, 4 layers, 8 heads, 4 key/value
 heads, byte vocabulary). Activation checkpointing is off by default, so that the forward keeps every activation; the
 recipes turn it on (`--activation-checkpointing on`), which keeps only each layer's input (also split by SP).

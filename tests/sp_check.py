@@ -1,13 +1,13 @@
 """Ulysses sequence parallelism (DeepSpeed engine, gloo on CPU) vs. per-sample references, for the SP tests.
 
 Launched as `DS_ACCELERATOR=cpu torchrun --nproc_per_node P tests/sp_check.py CASES.json OUT.pt OUTPUT_DIR`: trains
-`LongAlignSFTTrainer` for one epoch on the 12 samples of `grad_check` (6 packs) under `ParallelismConfig(sp_size=S,
-sp_backend="deepspeed")` and DeepSpeed ZeRO, with the real `UlyssesSPDataLoaderAdapter` and `UlyssesSPAttentionHF`.
+`LongAlignSFTTrainer` for one epoch on the samples of `grad_check` that have targets (6 packs) under `ParallelismConfig(sp_size=S,
+sp_backend="deepspeed")` and DeepSpeed ZeRO, with the real `UlyssesSPAttentionHF` (and the trainer's own train loader).
 Rank 0 writes, for every optimizer step, the gradient DeepSpeed applied (after its reductions: read when `engine.step`
-starts, or, under ZeRO-1/2, from what its optimizer receives) and the loss the Trainer logged, next to the gradient
-and value of the LongAlign objective over the step's samples, each sample run alone, unpacked, through the plain model
-with full logits. Then it checks isolation: a packed row sliced over the SP group, each slice's logits gathered,
-against every sample's logits alone.
+starts, or, under ZeRO-1/2, from what its optimizer receives) and the loss the Trainer logged, next to the gradient and
+value of the LongAlign objective over the step's samples, each sample run alone, unpacked, through the plain model with
+full logits. Then it checks isolation: a packed
+row sliced over the SP group, each slice's logits gathered, against every sample's logits alone.
 
 A case gives `sp_size`, `loss_weighting`, `accumulation`, the `zero` settings (DeepSpeed's `zero_optimization`), and
 optionally `data_parallel`, `moe` (the tiny Qwen2-MoE, whose router loss the reference adds, `reference_router_loss`),

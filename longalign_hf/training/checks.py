@@ -10,6 +10,7 @@ import torch
 
 from longalign_hf.training.attention import PACKING_HUB_KERNELS, hub_kernel_repo, varlen_unavailable
 from longalign_hf.training.packed_attention import PACKED_SDPA
+from longalign_hf.training.sequence_parallel import isolating_core_attention, log_layout, sequence_parallel_size
 from longalign_hf.training.varlen_attention import VARLEN_PACKED
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,26 @@ def check_packed_attention(model, backend: str) -> None:
             "model than its own attention: use `--attn_implementation eager` (it computes it and keeps packed samples "
             "apart through the position ids), or a FlashAttention backend that supports it."
         )
+
+
+def set_packing_attention(model, parallelism_config, num_processes: int, max_length: int) -> None:
+    """Switch `model` to the attention its packed rows run with (`packing_attention`; under Ulysses sequence
+    parallelism, the core attention DeepSpeed's wrapper runs over the gathered row), after refusing a model or backend
+    that would let packed samples see each other or compute something other than the model's own attention."""
+    check_packable_model(model)
+    backend = model.config._attn_implementation
+    sp_size = sequence_parallel_size(parallelism_config)
+    if sp_size > 1:
+        # DeepSpeed wraps the attention named in the SP handler, and requires the model to run that one.
+        handler = parallelism_config.sp_handler
+        target = isolating_core_attention(backend, handler.sp_attn_implementation, packing_attention)
+        handler.sp_attn_implementation = target
+        log_layout(sp_size, num_processes, max_length, target)
+    else:
+        target = packing_attention(backend)
+    check_packed_attention(model, target)
+    if target != backend:
+        model.set_attn_implementation(target)
 
 
 def refuse_unsupported_arguments(kwargs: dict) -> None:

@@ -134,10 +134,11 @@ def tokenize_eval(eval_dataset, tokenizer, args: LongAlignConfig):
 
 
 def pack_with_costs(
-    dataset: datasets.Dataset, args: LongAlignConfig, constant: float, seed: int, multiple_of: int = 1
+    dataset: datasets.Dataset, args: LongAlignConfig, constant: float, seed: int, replicas: int, multiple_of: int = 1
 ) -> tuple[datasets.Dataset, dict[str, Any]]:
     """`pack_dataset` plus each pack's compute `cost` (the balanced schedule's key), with one log line on the packing
-    and the step balance it allows.
+    and the step balance it allows on `replicas` data-parallel replicas (the processes, but under sequence parallelism
+    the SP ranks of a replica share its packs).
 
     Returns the packed data set and the figures of that log line (`num_samples`, `num_packs`, `samples_per_pack_mean`,
     `samples_per_pack_min`, `samples_per_pack_max`, `fill`, `max_length`, `step_balance` per schedule), which the
@@ -151,10 +152,10 @@ def pack_with_costs(
     costs = np.add.reduceat(sample_costs, seq_lengths.offsets.to_numpy()[:-1]).astype(float)  # no pack is empty
     packed = packed.add_column("cost", costs.tolist())
     num_samples = column_array(packed, "num_samples")
-    devices, per_device = args.world_size, args.per_device_train_batch_size
-    packs_per_step = devices * per_device * args.gradient_accumulation_steps
+    per_device = args.per_device_train_batch_size
+    packs_per_step = replicas * per_device * args.gradient_accumulation_steps
     balance = {
-        name: step_efficiency(costs, balanced_pack_order(costs, packs_per_step, seed, balanced), devices, per_device)
+        name: step_efficiency(costs, balanced_pack_order(costs, packs_per_step, seed, balanced), replicas, per_device)
         for name, balanced in (("balanced", True), ("random", False))
     }
     stats = {
@@ -169,8 +170,9 @@ def pack_with_costs(
     }
     logger.info(
         "Packing: %d samples in %d packs (%.1f samples/pack, fill %.4f of max_length=%d); %s schedule. Estimated "
-        "step balance on %d device(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, random %.3f",
+        "step balance on %d data-parallel replica(s) (useful / held compute, cost L + L^2/%.0f): balanced %.3f, "
+        "random %.3f",
         stats["num_samples"], stats["num_packs"], stats["samples_per_pack_mean"], stats["fill"], args.max_length,
-        args.pack_schedule, devices, constant, balance["balanced"], balance["random"],
+        args.pack_schedule, replicas, constant, balance["balanced"], balance["random"],
     )  # fmt: skip
     return packed, stats

@@ -1,15 +1,16 @@
 """The glue between LongAlign and DeepSpeed's Ulysses sequence parallelism (ALST), as accelerate and transformers run it.
 
-Under `ParallelismConfig(sp_backend="deepspeed", sp_size=N)`, DeepSpeed's `UlyssesSPDataLoaderAdapter` gathers one
-collated batch per rank of an SP group and hands every rank a 1/N slice of each, along the sequence: so a packed
-sample's tokens may land on several ranks. Its `UlyssesSPAttentionHF` swaps heads for sequence with all-to-all, so each
-rank runs attention over the whole packed row for 1/N of the heads, with the position ids gathered from the ranks.
+Under `ParallelismConfig(sp_backend="deepspeed", sp_size=N)`, every rank of an SP group trains on a 1/N slice of each
+packed row, along the sequence (`train_loader.SequenceParallelSlicer`, the slices DeepSpeed's
+`UlyssesSPDataLoaderAdapter` would hand out): so a packed sample's tokens may land on several ranks. DeepSpeed's
+`UlyssesSPAttentionHF` swaps heads for sequence with all-to-all, so each rank runs attention over the whole packed row
+for 1/N of the heads, with the position ids gathered from the ranks.
 
 What LongAlign adds, and why:
-- The batch the adapter slices holds only `[rows, tokens]` tensors (it slices every tensor on dim 1). So the per-sample
-  bookkeeping becomes per-token: `loss_shift_num_targets` (N_i of the sample whose label each position predicts,
-  aligned with the `shift_labels` the adapter makes) and `loss_sample_starts` (1 on one position per sample with
-  targets). Summed over all ranks they count every sample and target token once, wherever its tokens fell.
+- A slice holds only `[rows, tokens]` tensors (every tensor is cut on dim 1). So the per-sample bookkeeping becomes
+  per-token: `loss_shift_num_targets` (N_i of the sample whose label each position predicts, aligned with the
+  `shift_labels` made from `labels`) and `loss_sample_starts` (1 on one position per sample with targets). Summed over
+  all ranks they count every sample and target token once, wherever its tokens fell.
 - The pack-wide `cu_seq_lens` describe the whole row and cannot be sliced; the core attention finds the samples from
   the gathered, restarting position ids instead. Plain `sdpa` would not (with no mask it is causal over the whole
   row, so packed samples would attend to each other), so it is replaced by `sdpa_packed` / `varlen_packed`.
@@ -57,10 +58,10 @@ def row_multiple(sp_size: int, pad_to_multiple_of: int | None) -> int:
 
 
 def per_token_bookkeeping(batch: dict[str, Any]) -> dict[str, Any]:
-    """A packed batch of `LongAlignDataCollator` in the layout DeepSpeed's SP data-loader adapter can slice.
+    """A packed batch of `LongAlignDataCollator` in a layout that can be sliced along the sequence.
 
     Position t of the per-token keys describes the label at t + 1 (the one position t predicts), like the
-    `shift_labels` the adapter makes from `labels`:
+    `shift_labels` made from `labels`:
 
     ```
     labels                  -100  -100    a3  -100    b2  -100    c2    c3
@@ -99,9 +100,9 @@ class SequenceParallelCollator:
     """Wraps `LongAlignDataCollator` for sequence-parallel training: every row padded to `row_length` (the padding is a
     separate, loss-free sample) and the loss bookkeeping made per-token (`per_token_bookkeeping`).
 
-    Rows all have the same length, `max_length`: DeepSpeed's adapter all-gathers the rows of an SP group, which gloo
-    only does for equal shapes, and equal shapes spare GPU kernels a recompilation per length. The planner fills packs
-    to ~99.9% of `max_length`, so the padding costs next to nothing.
+    Rows all have the same length, `max_length` (a multiple of the SP degree, so that a row cuts into equal slices):
+    one shape for every step spares GPU kernels a recompilation per length. The planner fills packs to ~99.9% of
+    `max_length`, so the padding costs next to nothing.
     """
 
     def __init__(self, collator, row_length: int):

@@ -13,13 +13,7 @@ import torch
 from transformers import AutoTokenizer
 from trl import SFTTrainer
 
-from longalign_hf.training.checks import (
-    check_packable_model,
-    check_packed_attention,
-    check_parallelism,
-    packing_attention,
-    refuse_unsupported_arguments,
-)
+from longalign_hf.training.checks import check_parallelism, refuse_unsupported_arguments, set_packing_attention
 from longalign_hf.training.collator import (
     BOOKKEEPING_KEYS,
     LOSS_NUM_TARGETS,
@@ -39,17 +33,17 @@ from longalign_hf.training.sequence_parallel import (
     SequenceParallelCollator,
     check_sequence_parallel,
     gradient_divisor,
-    isolating_core_attention,
-    log_layout,
     restore_kv_head_groups,
     sequence_parallel_size,
     weighted_nll_sum_per_token,
 )
+from longalign_hf.training.train_loader import LOSS_REAL_TOKENS, TrainLoaderHooks
+from longalign_hf.training.trained_tokens import trained_tokens
 
 logger = logging.getLogger(__name__)
 
 
-class LongAlignSFTTrainer(SFTTrainer):
+class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
     r"""
     [`trl.SFTTrainer`] with LongAlign batching (naive, sorted, packed) and loss weighting, exact on any number of
     devices and gradient-accumulation steps.
@@ -123,6 +117,7 @@ class LongAlignSFTTrainer(SFTTrainer):
         parallelism = self.accelerator.parallelism_config
         check_parallelism(parallelism)
         self._sp_size = sequence_parallel_size(parallelism)
+        self._replicas = self.accelerator.num_processes // self._sp_size  # the SP ranks of a replica share its packs
         self._sp_collator = None
         if self._sp_size > 1:
             deepspeed_config = (
@@ -131,19 +126,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             check_sequence_parallel(args, parallelism, self.accelerator.num_processes, deepspeed_config)
             self._sp_collator = SequenceParallelCollator(collator, args.max_length)
         if args.batching == "pack":
-            check_packable_model(self.model)
-            backend = self.model.config._attn_implementation
-            if self._sp_size > 1:
-                # DeepSpeed wraps the attention named in the SP handler, and requires the model to run that one.
-                handler = parallelism.sp_handler
-                target = isolating_core_attention(backend, handler.sp_attn_implementation, packing_attention)
-                handler.sp_attn_implementation = target
-                log_layout(self._sp_size, self.accelerator.num_processes, args.max_length, target)
-            else:
-                target = packing_attention(backend)
-            check_packed_attention(self.model, target)
-            if target != backend:
-                self.model.set_attn_implementation(target)
+            set_packing_attention(self.model, parallelism, self.accelerator.num_processes, args.max_length)
         if self.model.get_output_embeddings() is None:
             raise ValueError(
                 f"{type(self.model).__name__} has no LM head, so the loss has no token log-probabilities to weight. "
@@ -152,9 +135,9 @@ class LongAlignSFTTrainer(SFTTrainer):
         self._packing_statistics = None
         with args.main_process_first(desc="LongAlign packing"):
             if args.batching == "pack":
-                # Train packs divide evenly over the devices: accelerate would otherwise repeat packs in the last
+                # Train packs divide evenly over the replicas: accelerate would otherwise repeat packs in the last
                 # round (evaluation drops repeated rows itself).
-                slots = 1 if args.dataloader_drop_last else args.world_size * args.per_device_train_batch_size
+                slots = 1 if args.dataloader_drop_last else self._replicas * args.per_device_train_batch_size
                 self.train_dataset, self._packing_statistics = self._pack(self.train_dataset, multiple_of=slots)
             self.eval_dataset = self._pack_eval(self.eval_dataset)
         self._step_totals: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -176,7 +159,9 @@ class LongAlignSFTTrainer(SFTTrainer):
         return self._pack(eval_dataset)[0]
 
     def _pack(self, dataset: datasets.Dataset, multiple_of: int = 1) -> tuple[datasets.Dataset, dict]:
-        return pack_with_costs(dataset, self.args, self._attention_cost_constant(), self._data_seed, multiple_of)
+        return pack_with_costs(
+            dataset, self.args, self._attention_cost_constant(), self._data_seed, self._replicas, multiple_of
+        )
 
     def _attention_cost_constant(self) -> float:
         if self.args.attention_cost_constant is not None:
@@ -192,16 +177,6 @@ class LongAlignSFTTrainer(SFTTrainer):
         # Like transformers' samplers: `data_seed` when set, else `seed`.
         return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
-    def get_train_dataloader(self):
-        if self._sp_collator is None:
-            return super().get_train_dataloader()
-        # Training batches are sliced along the sequence by DeepSpeed's SP adapter; evaluation runs whole rows.
-        collator, self.data_collator = self.data_collator, self._sp_collator
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = collator
-
     def _get_train_sampler(self, train_dataset=None):
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if self.args.batching == "naive" or (self.args.batching == "pack" and self.args.pack_schedule == "random"):
@@ -210,7 +185,7 @@ class LongAlignSFTTrainer(SFTTrainer):
         return SortedBatchSampler(
             keys,
             batch_size=self.args.per_device_train_batch_size,
-            num_replicas=self.args.world_size,
+            num_replicas=self._replicas,
             gradient_accumulation_steps=self.args.gradient_accumulation_steps,
             seed=self._data_seed,
             drop_last=self.args.dataloader_drop_last,
@@ -222,11 +197,12 @@ class LongAlignSFTTrainer(SFTTrainer):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         # One device transfer for the whole step, not one sync per micro-batch.
         if self._sp_size > 1:
-            # Slices of rows: each sample's start marker and each target token sit on exactly one rank.
+            # Slices of rows: each sample's start marker, target token and real token sit on exactly one rank.
             local = torch.tensor(
                 [
                     sum(int(batch[LOSS_SAMPLE_STARTS].sum()) for batch in batch_samples),
                     sum(int((batch["shift_labels"] != -100).sum()) for batch in batch_samples),
+                    sum(batch.pop(LOSS_REAL_TOKENS) for batch in batch_samples),
                 ],
                 dtype=torch.float64,
                 device=device,
@@ -234,7 +210,9 @@ class LongAlignSFTTrainer(SFTTrainer):
         else:
             counts = [batch[LOSS_NUM_TARGETS] for batch in batch_samples]
             num_targets = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
-            local = torch.stack([(num_targets > 0).sum(), num_targets.sum()]).to(device, torch.float64)
+            # Padding (of a padded batch or a packed row) belongs to no sample.
+            real_tokens = torch.as_tensor(sum((batch[LOSS_SAMPLE_IDS] >= 0).sum() for batch in batch_samples))
+            local = torch.stack([(num_targets > 0).sum(), num_targets.sum(), real_tokens]).to(device, torch.float64)
         totals = self.accelerator.reduce(local, reduction="sum") if self.accelerator.num_processes > 1 else local
         if batch_samples and totals[0] == 0:
             raise ValueError(
@@ -244,7 +222,18 @@ class LongAlignSFTTrainer(SFTTrainer):
         self._step_totals = (totals[0], totals[1])
         if self._throughput_mark is None:
             self._throughput_mark = (time.perf_counter(), self._total_train_tokens)
+        self._total_train_tokens += int(totals[2])
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return batch_samples, num_items_in_batch
+
+    @property
+    def _total_train_tokens(self) -> int:
+        # TRL's token count, kept by a callback that saves it in checkpoints and takes it back on resume.
+        return trained_tokens(self).tokens
+
+    @_total_train_tokens.setter
+    def _total_train_tokens(self, tokens: int) -> None:
+        trained_tokens(self).tokens = tokens
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._throughput_mark is not None:
@@ -284,7 +273,7 @@ class LongAlignSFTTrainer(SFTTrainer):
                 # the step applies its mean over processes and accumulation steps.
                 loss = loss + self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
         if self.model.training:
-            self._log_token_metrics(outputs, inputs)
+            self._log_token_metrics(outputs)
         else:
             self._add_eval_terms(outputs, sample_ids, num_targets, sample_features)
         return (loss, outputs) if return_outputs else loss
@@ -328,7 +317,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             aux = self.router_aux_loss_coef * outputs.aux_loss / self.current_gradient_accumulation_steps
             gradient, value = gradient + aux * divisor / processes, value + aux.detach()
         loss = gradient + (value - gradient).detach()
-        self._log_token_metrics(outputs, inputs)
+        self._log_token_metrics(outputs)
         return (loss, outputs) if return_outputs else loss
 
     def _add_eval_terms(self, outputs, sample_ids, num_targets, sample_features) -> None:
@@ -407,7 +396,7 @@ class LongAlignSFTTrainer(SFTTrainer):
             "`predict` returns. Use `evaluate()` for the exact loss, `model.generate` for outputs, or `longalign eval`."
         )
 
-    def _log_token_metrics(self, outputs, inputs) -> None:
+    def _log_token_metrics(self, outputs) -> None:
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(outputs.label_mask.sum()).sum()
         if num_valid > 0:
@@ -415,7 +404,3 @@ class LongAlignSFTTrainer(SFTTrainer):
             self._metrics["train"]["mean_token_accuracy"].append(
                 (gather(outputs.is_top1.sum()).sum() / num_valid).item()
             )
-        mask = inputs.get("attention_mask")
-        local_tokens = mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel())
-        self._total_train_tokens += gather(local_tokens.to(num_valid.device)).sum().item()
-        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]

@@ -312,14 +312,15 @@ def test_two_processes_sp2_exact_and_isolated(tmp_path):
 @pytest.mark.slow
 def test_four_processes_dp2_x_sp2_and_sp4_exact_and_isolated(tmp_path):
     cases = [
-        {"sp_size": 2, "data_parallel": 2, "loss_weighting": "sequence", "accumulation": 3, "zero": {"stage": 1}},
+        {"sp_size": 2, "data_parallel": 2, "loss_weighting": "sequence", "accumulation": 2, "zero": {"stage": 1}},
         {"sp_size": 4, "loss_weighting": "token", "accumulation": 1, "zero": {"stage": 2}},
         # ZeRO-3 divides by all 4 ranks, ZeRO 0-2 by the 2 replicas: the MoE router loss follows either.
         {"sp_size": 2, "data_parallel": 2, "loss_weighting": "token", "accumulation": 2, "zero": {"stage": 3},
          "moe": True, "gradient_only": True},
     ]  # fmt: skip
     results = _run_sp_check(tmp_path, cases, 4)
-    # dp 2: two rows per micro-step, 8 packs (split for 4 slots) in steps of 3 and 1 (or 2 and 2) micro-steps.
-    assert [[step["rows"] for step in result["steps"]] for result in results] == [[6, 2], [1] * 8, [4, 4]]
+    # The packs are dealt to the data-parallel replicas, not the processes. dp 2: two rows per micro-step, steps of 2
+    # and 1 micro-steps; sp 4 (one replica): one row per step.
+    assert [[step["rows"] for step in result["steps"]] for result in results] == [[4, 2], [1] * 6, [4, 2]]
     for case, result in zip(cases, results):
         _check(result, case, 4)
