@@ -324,15 +324,19 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
         train_dataset = load_data(script_args, mixture, embedded, seed, check_rows)
         evaluating = training_args.eval_strategy != "no"
         eval_dataset = load_eval_data(script_args, mixture, check_rows) if evaluating else None
-    trainer = LongAlignSFTTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
-        dataset_names=dataset_names(script_args, mixture, embedded),
-    )
+    try:
+        trainer = LongAlignSFTTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            peft_config=get_peft_config(model_args),
+            dataset_names=dataset_names(script_args, mixture, embedded),
+        )
+    except ValueError as error:
+        # The trainer's refusals (a setting, model, backend or data set it cannot train exactly) are bad input too.
+        raise UserInputError(str(error)) from None
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     trainer.save_model(training_args.output_dir)

@@ -308,6 +308,23 @@ def test_a_mistyped_input_ends_in_one_line_and_status_2_before_any_data_work(
     assert err.strip().splitlines()[-1].startswith(expected.format(tmp=tmp_path))
 
 
+def test_a_setting_the_trainer_refuses_ends_in_one_line_and_status_2(recipe, tmp_path, monkeypatch, capsys):
+    # Known only once the trainer sees the model: an attention backend that would let packed samples see each other.
+    argv = ["sft.py", "--output_dir", str(tmp_path / "out"), "--attn_implementation", "flex_attention",
+            "--default_num_short", "8", "--default_num_long", "2"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.run_from_command_line()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("error: attention backend 'flex_attention' cannot keep packed samples apart")
+    )
+
+
 def test_an_unknown_model_id_offline_ends_in_one_line_and_status_2(tmp_path):
     # A subprocess, as a user runs it: offline mode is read when huggingface_hub is imported, and what the interpreter
     # prints for an exception that escapes (four chained tracebacks before) is part of what is checked.
