@@ -125,13 +125,14 @@ while [[ $1 == -* ]]; do
     --nodes=*) nodes=${1#*=} ;;
     --ntasks=*) ntasks=${1#*=} ;;
     --ntasks-per-node=*) per_node=${1#*=} ;;
+    --cpus-per-task=*) cpus=${1#*=} ;;
     --kill-on-bad-exit=1) ;;
     *) echo "srun stand-in: unexpected option $1" >&2; exit 2 ;;
   esac
   shift
 done
-if [[ $nodes != "$SLURM_JOB_NUM_NODES" || $ntasks != "$nodes" || $per_node != 1 ]]; then
-  echo "srun stand-in: expected one task on each of the $SLURM_JOB_NUM_NODES nodes" >&2; exit 2
+if [[ $nodes != "$SLURM_JOB_NUM_NODES" || $ntasks != "$nodes" || $per_node != 1 || $cpus != "$SLURM_CPUS_ON_NODE" ]]; then
+  echo "srun stand-in: expected one task with all the node's CPUs on each of the $SLURM_JOB_NUM_NODES nodes" >&2; exit 2
 fi
 printf '%s\n' "$@" > "$NODE_OUTPUT/command"
 pids=()
@@ -176,17 +177,13 @@ def _launch_slurm(env: dict, args: list[str], timeout: float = 300) -> subproces
     [
         ({}, "not in a Slurm job: submit with sbatch"),
         (
-            {"SLURM_JOB_NODELIST": "a,b", "SLURM_JOB_NUM_NODES": "2"},
+            {"SLURM_JOB_NODELIST": "a,b", "SLURM_JOB_NUM_NODES": "2", "SLURM_CPUS_ON_NODE": "64"},
             "the allocation has no GPUs: ask for them with sbatch --gpus-per-node=G",
         ),
     ],
 )
 def test_the_slurm_launcher_refuses_to_start_outside_a_gpu_allocation(tmp_path, variables, message):
-    env = {
-        key: value
-        for key, value in _slurm_env(tmp_path).items()
-        if key not in ("SLURM_JOB_NODELIST", "SLURM_JOB_NUM_NODES", "SLURM_GPUS_ON_NODE")
-    }
+    env = {key: value for key, value in _slurm_env(tmp_path).items() if not key.startswith("SLURM_")}
     config = os.path.join(ROOT, "recipes", "accelerate", "ddp.yaml")
     completed = _launch_slurm({**env, **variables}, [config, config], timeout=30)
     assert completed.returncode == 2 and completed.stderr.strip() == f"launch.slurm: {message}"
@@ -203,6 +200,7 @@ def test_ddp_on_two_nodes_through_the_slurm_launcher_equals_one_process(recipe_c
         SLURM_JOB_NODELIST="127.0.0.1,127.0.0.2",
         SLURM_JOB_NUM_NODES="2",
         SLURM_GPUS_ON_NODE="1",
+        SLURM_CPUS_ON_NODE="2",
         MAIN_PROCESS_PORT=str(port),
         HF_DATASETS_CACHE=str(tmp_path / "cache"),
         OMP_NUM_THREADS="1",
