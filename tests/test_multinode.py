@@ -112,13 +112,18 @@ def _deadline_failure(error: subprocess.TimeoutExpired, what: str):
     pytest.fail(f"{what} did not finish within {error.timeout:.0f} s:\n{(error.stderr or '')[-3000:]}")
 
 
+def _read(path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
+
+
 def _write_standin(path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
     path.chmod(0o755)
 
 
 # `srun` for a simulated allocation: each node's command starts here, at once, with the node's SLURM_NODEID, its output
-# in NODE_OUTPUT/node<i>.out and .err; the status is the first failing node's. It accepts only the options it knows.
+# in NODE_OUTPUT/node<i>.out and .err; the first node to fail stops the others and gives the status. It accepts only
+# the options it knows.
 SRUN = r"""#!/bin/bash
 while [[ $1 == -* ]]; do
   case $1 in
@@ -141,7 +146,12 @@ for ((node = 0; node < nodes; node++)); do
   pids+=($!)
 done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || { [[ $status == 0 ]] && status=$?; }; done
+for _ in "${pids[@]}"; do
+  wait -n && continue
+  code=$?
+  # --kill-on-bad-exit: the first node to fail stops the others; its status is the step's.
+  if [[ $status == 0 ]]; then status=$code; kill "${pids[@]}" 2> /dev/null; fi
+done
 exit $status
 """
 # `scontrol show hostnames LIST` for a comma-separated LIST.
@@ -208,9 +218,7 @@ def test_ddp_on_two_nodes_through_the_slurm_launcher_equals_one_process(recipe_c
     output_dir = tmp_path / "out"
     config = _cpu_accelerate_config("ddp.yaml", tmp_path)
     completed = _launch_slurm(env, [config, recipe_config, "--output_dir", str(output_dir)])
-    nodes = [
-        ((tmp_path / f"node{node}.out").read_text(), (tmp_path / f"node{node}.err").read_text()) for node in (0, 1)
-    ]
+    nodes = [tuple(_read(tmp_path / f"node{node}.{stream}") for stream in ("out", "err")) for node in (0, 1)]
     assert completed.returncode == 0, completed.stderr[-2000:] + "".join(err[-2000:] for _, err in nodes)
     # The command the launcher built: each node's rank from its own SLURM_NODEID, the rest from the allocation.
     command = (tmp_path / "command").read_text().splitlines()
