@@ -108,6 +108,13 @@ def _preparations(log: str, step: str) -> int:
     return len(re.findall(PREPARATION[step], log))
 
 
+def _with_progress_bars(env) -> dict:
+    """`env` without the switches that hide the progress bars `_preparations` counts."""
+    return {
+        key: value for key, value in env.items() if key not in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")
+    }
+
+
 def _deadline_failure(error: subprocess.TimeoutExpired, what: str):
     pytest.fail(f"{what} did not finish within {error.timeout:.0f} s:\n{(error.stderr or '')[-3000:]}")
 
@@ -170,7 +177,7 @@ def _slurm_env(tmp_path, **variables) -> dict:
     path = os.pathsep.join([str(standins), os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     if shutil.which("accelerate", path=path) is None:
         pytest.skip("no `accelerate` command next to this interpreter")
-    return {**os.environ, "PATH": path, "NODE_OUTPUT": str(tmp_path), **variables}
+    return {**_with_progress_bars(os.environ), "PATH": path, "NODE_OUTPUT": str(tmp_path), **variables}
 
 
 def _launch_slurm(env: dict, args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -254,7 +261,7 @@ def test_zero3_on_two_machines_without_a_shared_disk_equals_one_process(recipe_c
                     "--main_process_port", str(port)]  # fmt: skip
         recipe = [os.path.join(ROOT, "tests", "hub_stub_recipe.py"), "--config", recipe_config,
                   "--output_dir", str(disk / "out"), "--push_to_hub", "true"]  # fmt: skip
-        env = {**os.environ, "HF_DATASETS_CACHE": str(disk / "cache"), "HUB_STUB_LOG": str(hub_log),
+        env = {**_with_progress_bars(os.environ), "HF_DATASETS_CACHE": str(disk / "cache"), "HUB_STUB_LOG": str(hub_log),
                "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
         try:
             return run_with_deadline([*launcher, *recipe], timeout=300, env=env)
