@@ -78,7 +78,9 @@ def one_process(recipe_config, tmp_path_factory):
         args = ["--config", recipe_config, "--per_device_train_batch_size", "2", "--output_dir", str(folder / "out")]
         trainer = recipe.main(*recipe.parse_args(args))
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert len(losses) == 3
+    order, samples = list(trainer._get_train_sampler()), trainer.train_dataset["num_samples"]
+    per_step = [sum(samples[index] for index in order[start : start + 4]) for start in range(0, len(order), 4)]
+    assert len(losses) == len(per_step) == 3 and len(set(per_step)) > 1, per_step  # M differs from step to step
     return losses, load_file(str(folder / "out" / "model.safetensors"))
 
 
@@ -254,7 +256,7 @@ def test_zero3_on_two_machines_without_a_shared_disk_equals_one_process(recipe_c
     hub_log = tmp_path / "hub.jsonl"
 
     def machine(rank: int) -> subprocess.CompletedProcess:
-        # Each machine its own disk: its own `datasets` cache, and the same output path on its own disk.
+        # Each machine its own disk: a `datasets` cache and an `--output_dir` of its own.
         disk = tmp_path / f"machine{rank}"
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_machines", "2",
                     "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
