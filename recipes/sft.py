@@ -37,6 +37,7 @@ from longalign_hf.errors import UserInputError
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 from longalign_hf.training.attention import choose_attention
 from longalign_hf.training.distributed import end_training, run_then_exit, tell_launcher
+from longalign_hf.training.preparation import cache_writers_first
 
 logger = logging.getLogger("longalign.sft")
 
@@ -319,8 +320,8 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
         ]
     check_rows = training_args.bad_rows == "error"
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    with training_args.main_process_first(desc="loading the data"):
-        # The main process downloads and converts first; the others then read the `datasets` cache.
+    with cache_writers_first(training_args, desc="loading the data"):
+        # Downloaded and converted once per `datasets` cache (per machine where the machines share no disk).
         train_dataset = load_data(script_args, mixture, embedded, seed, check_rows)
         evaluating = training_args.eval_strategy != "no"
         eval_dataset = load_eval_data(script_args, mixture, check_rows) if evaluating else None
@@ -339,15 +340,17 @@ def main(script_args, training_args: LongAlignConfig, model_args: ModelConfig, m
         raise UserInputError(str(error)) from None
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
+    # Every process takes part (ZeRO-3 and FSDP gather the weights); the ones that write (`should_save`: the first
+    # process, or each machine's first with `save_on_each_node`) write the weights, tokenizer and card and say so.
+    # With --push_to_hub, `save_model` then uploads the folder, from the first process only.
     trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(training_args.output_dir)
-    trainer.accelerator.print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-        trainer.accelerator.print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
-    if embedded:
-        trainer.accelerator.print(
+    trainer.save_state()  # trainer_state.json: the log history (per-step losses) at full precision, by process 0
+    if training_args.should_save:
+        print(f"Model saved to {os.path.abspath(training_args.output_dir)}")
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        print(f"Model pushed to https://huggingface.co/{trainer.hub_model_id}")
+    if embedded and trainer.is_world_process_zero():
+        print(
             "That was the embedded tiny default. To train a real model: accelerate launch --config_file "
             "recipes/accelerate/zero3.yaml recipes/sft.py --config recipes/configs/<model>.yaml"
         )

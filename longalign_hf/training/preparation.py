@@ -1,10 +1,13 @@
 """The trainer's data before training: the chat template settings applied, conversations tokenized with assistant-only
-targets (or tokenized rows checked), and packs with the compute cost the balanced schedule orders them by."""
+targets (or tokenized rows checked), and packs with the compute cost the balanced schedule orders them by; which
+process prepares first (`cache_writers_first`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import datasets
@@ -18,6 +21,22 @@ from longalign_hf.training.packed_dataset import column_array, pack_dataset
 from longalign_hf.training.schedule import balanced_pack_order, sample_cost, step_efficiency
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def cache_writers_first(args: LongAlignConfig, desc: str = "data preparation") -> Iterator[None]:
+    """Run the block on the first process, then on the first process of each other machine, then on all the others.
+
+    Data work that writes the `datasets` cache then happens once where the machines share a disk (the others find it
+    cached) and once per machine where each has its own (each machine's first process fills its cache, its other
+    processes read it), never on several processes of one cache at a time. transformers' `main_process_first` does
+    one of the two (`local=True`: each machine's first process at once, twice on a shared disk; `local=False`: every
+    process of the other machines at once); TRL's `global_then_local_main_first` chains them as here, but a process
+    that raises in the block then leaves the others waiting, where `main_process_first` releases them to meet the
+    same error.
+    """
+    with args.main_process_first(local=False, desc=desc), args.main_process_first(local=True, desc=desc):
+        yield
 
 
 def apply_template_settings(model, tokenizer, args: LongAlignConfig):

@@ -25,7 +25,13 @@ from longalign_hf.training.config import LongAlignConfig
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
 from longalign_hf.training.model_card import collect_training_facts, data_statistics, training_card, write_card
 from longalign_hf.training.packed_dataset import column_array
-from longalign_hf.training.preparation import apply_template_settings, pack_with_costs, tokenize, tokenize_eval
+from longalign_hf.training.preparation import (
+    apply_template_settings,
+    cache_writers_first,
+    pack_with_costs,
+    tokenize,
+    tokenize_eval,
+)
 from longalign_hf.training.sampler import SortedBatchSampler
 from longalign_hf.training.sequence_parallel import (
     LOSS_SAMPLE_STARTS,
@@ -104,8 +110,8 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
             pad_to_multiple_of=args.pad_to_multiple_of,
         )
         rows = len(train_dataset) if isinstance(train_dataset, datasets.Dataset) else 0
-        with args.main_process_first(desc="LongAlign data preparation"):
-            # The main process tokenizes first and writes the `datasets` cache; the others then read it.
+        with cache_writers_first(args, desc="LongAlign data preparation"):
+            # Tokenized once per `datasets` cache (the first process of each machine without a shared disk).
             train_dataset = tokenize(train_dataset, processing_class, args, "train")
             eval_dataset = tokenize_eval(eval_dataset, processing_class, args)
         statistics = data_statistics(rows, train_dataset) if train_dataset is not None else None
@@ -133,7 +139,7 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
                 "Load the model with `AutoModelForCausalLM` (not `AutoModel`)."
             )
         self._packing_statistics = None
-        with args.main_process_first(desc="LongAlign packing"):
+        with cache_writers_first(args, desc="LongAlign packing"):
             if args.batching == "pack":
                 # Train packs divide evenly over the replicas: accelerate would otherwise repeat packs in the last
                 # round (evaluation drops repeated rows itself).
