@@ -11,6 +11,7 @@ from trl import SFTConfig
 
 from longalign_hf.data.chat import BAD_ROW_POLICIES, OVERFLOW_POLICIES
 from longalign_hf.training.distributed import start_deepspeed_on_cpu
+from longalign_hf.training.engines import check_fsdp, fsdp_requested
 from longalign_hf.training.packing import PACKING_STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class LongAlignConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        checkpointing_given = self.activation_checkpointing is not None or self.gradient_checkpointing is not None
         if self.activation_checkpointing is None:
             self.activation_checkpointing = (
                 True if self.gradient_checkpointing is None else self.gradient_checkpointing
@@ -166,8 +168,11 @@ class LongAlignConfig(SFTConfig):
             self.accelerator_config = _with_configured_state(self.accelerator_config)
         if not self.use_cpu and several_processes and not torch.cuda.is_available() and not uses_deepspeed:
             # Without it, transformers starts no process group on a CPU-only machine: every process would train
-            # alone on all the data.
-            logger.warning("Several processes and no GPU: setting use_cpu=True so they train together over gloo")
+            # alone on all the data. FSDP then runs over the same gloo group (`engines.requested_engine`).
+            engine = "FSDP" if fsdp_requested(self) else "DDP"
+            logger.warning(
+                f"Several processes and no GPU: setting use_cpu=True so they train together ({engine} over gloo)"
+            )
             self.use_cpu = True
         if self.bf16 is None and not self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
             # TRL turns bf16 on by default, which transformers refuses on a CPU; the user can still ask for it.
@@ -198,6 +203,7 @@ class LongAlignConfig(SFTConfig):
         if self.attention_cost_constant is not None and self.attention_cost_constant <= 0:
             raise ValueError(f"`attention_cost_constant` must be positive, got {self.attention_cost_constant}")
         self._refuse_ignored_options()
+        check_fsdp(self, checkpointing_given)
 
     def _refuse_ignored_options(self) -> None:
         """Inherited options that LongAlign's data path or loss would otherwise ignore: each is refused with the why."""
