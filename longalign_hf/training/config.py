@@ -57,7 +57,12 @@ class LongAlignConfig(SFTConfig):
     Defaults that differ from `SFTConfig`: checkpointing is set through `activation_checkpointing` (on, as in TRL);
     on a machine without a GPU `bf16` defaults to off (TRL turns it on, which transformers refuses on a CPU) and
     `dataloader_pin_memory` to off; several processes without a GPU set `use_cpu=True`, without which transformers
-    starts no process group and every process would train alone on all the data.
+    starts no process group and every process would train alone on all the data (an FSDP config then trains with FSDP
+    over that gloo group, not with DDP: `longalign_hf.training.engines`).
+
+    FSDP is FSDP2 only, on several processes, without DeepSpeed; anything else is refused here, before any data work.
+    FSDP's own activation checkpointing (`fsdp_activation_checkpointing`) turns the trainer's default off; asked for
+    together with `activation_checkpointing=True`, it is refused.
 
     Parameters:
         batching (`str`, *optional*, defaults to `"pack"`):
@@ -97,7 +102,8 @@ class LongAlignConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Recompute activations in the backward pass to save memory. Unset: on (as in TRL), or the value "
-            "of the deprecated `gradient_checkpointing` when that is given."
+            "of the deprecated `gradient_checkpointing` when that is given; off when FSDP's own "
+            "(`fsdp_activation_checkpointing`) is on."
         },
     )
     batching: str = field(
@@ -171,7 +177,7 @@ class LongAlignConfig(SFTConfig):
             # alone on all the data. FSDP then runs over the same gloo group (`engines.requested_engine`).
             engine = "FSDP" if fsdp_requested(self) else "DDP"
             logger.warning(
-                f"Several processes and no GPU: setting use_cpu=True so they train together ({engine} over gloo)"
+                "Several processes and no GPU: setting use_cpu=True so they train together (%s over gloo)", engine
             )
             self.use_cpu = True
         if self.bf16 is None and not self.fp16 and (self.use_cpu or not torch.cuda.is_available()):

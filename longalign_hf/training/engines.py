@@ -208,7 +208,7 @@ def describe_engine(accelerator, sp_size: int = 1) -> str:
         return "single process"
     if sp_size > 1:
         engine += (
-            f" with Ulysses sequence parallelism (sp_size {sp_size}, {processes // sp_size} data-parallel replicas)"
+            f" with Ulysses sequence parallelism (sp_size {sp_size}, {processes // sp_size} data-parallel replica(s))"
         )
     return f"{engine} over {processes} processes ({state.backend})"
 

@@ -127,7 +127,7 @@ def test_each_engine_is_named_with_its_sharding_offload_and_process_count():
         ({"zero_stage": 2, "offload_optimizer_device": "cpu"}, 1,
          "DeepSpeed ZeRO-2 + optimizer offload to cpu over 8 processes (nccl)"),
         ({"zero_stage": 3}, 4,
-         "DeepSpeed ZeRO-3 with Ulysses sequence parallelism (sp_size 4, 2 data-parallel replicas) over 8 processes "
+         "DeepSpeed ZeRO-3 with Ulysses sequence parallelism (sp_size 4, 2 data-parallel replica(s)) over 8 processes "
          "(nccl)"),
     ],
 )  # fmt: skip
