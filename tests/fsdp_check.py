@@ -27,7 +27,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from grad_check import MAX_LENGTH, _all_ranks, _LossCapture, _samples_of, build_dataset, reference_loss
+from grad_check import (
+    MAX_LENGTH,
+    _all_ranks,
+    _LossCapture,
+    _samples_of,
+    build_dataset,
+    reference_eval,
+    reference_loss,
+)
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -120,8 +128,10 @@ def _build(case: dict, output_dir: str, trainer_class=_FsdpRecorder, **overrides
     model = _model(case, tokenizer, dist.get_rank())
     model.config._attn_implementation = "sdpa"
     grads, losses = _GradCapture(), _LossCapture()
+    dataset = build_dataset(tokenizer)
     trainer = trainer_class(
-        model=model, args=args, train_dataset=build_dataset(tokenizer), processing_class=tokenizer,
+        model=model, args=args, train_dataset=dataset, eval_dataset=dataset if case.get("evaluate") else None,
+        processing_class=tokenizer,
         peft_config=_peft_config(case), callbacks=[grads, losses],
     )  # fmt: skip
     trainer.step_weights, trainer.step_samples = [], []
@@ -155,6 +165,7 @@ def run_case(case: dict, output_dir: str) -> dict:
     }
     if case.get("save"):
         trainer.save_model(os.path.join(output_dir, "model"))
+    metrics = trainer.evaluate() if case.get("evaluate") else None
     if dist.get_rank() != 0:
         return result
     if case.get("rank_seeds"):
@@ -186,9 +197,21 @@ def run_case(case: dict, output_dir: str) -> dict:
             "num_tokens": sum(trained["num_target_tokens"]),
         })  # fmt: skip
     result["final"] = final
+    if metrics is not None:  # the whole set once, at the final weights
+        reference_model.load_state_dict(final, strict=False)
+        result["eval"] = {
+            "metrics": metrics,
+            "reference": reference_eval(reference_model, dataset, case["loss_weighting"]),
+        }
+    result["parameters"] = sum(p.numel() for p in reference_model.parameters())
     if case.get("save"):
         folder = Path(output_dir, "model")
-        loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        if case.get("lora"):  # an adapter folder, on the base model the run started from
+            from peft import PeftModel
+
+            loaded = PeftModel.from_pretrained(_model(case, build_byte_tokenizer(), 0), folder)
+        else:
+            loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         result["saved"] = {name: p.detach().clone() for name, p in loaded.named_parameters()}
         result["saved_files"] = sorted(path.name for path in folder.iterdir())
         result["card"] = (folder / "README.md").read_text(encoding="utf-8")

@@ -8,7 +8,7 @@ import pytest
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 
 from longalign_hf import LongAlignConfig
-from longalign_hf.training.engines import check_fsdp, describe_engine
+from longalign_hf.training.engines import check_fsdp, describe_engine, full_model_on_save
 
 FSDP_ENV = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION", "FSDP_ACTIVATION_CHECKPOINTING")
 
@@ -135,3 +135,27 @@ def test_deepspeed_is_named_with_its_stage_and_offloads(settings, sp_size, name)
     plugin = DeepSpeedPlugin(**settings)  # accelerate's config from an accelerate YAML's `deepspeed_config`
     accelerator = _accelerator(DistributedType.DEEPSPEED, 8, "nccl", deepspeed_plugin=plugin)
     assert describe_engine(accelerator, sp_size) == name
+
+
+@pytest.mark.parametrize(
+    ("output_dir", "internal_call", "gathered"),
+    [
+        (None, False, True),  # the final save_model
+        (None, True, True),  # push_to_hub
+        ("elsewhere", False, True),  # save_model(folder)
+        ("out/checkpoint-2", True, False),  # a checkpoint: FSDP's shards, which resume from
+    ],
+)
+def test_saves_other_than_checkpoints_gather_the_full_model_under_sharded_fsdp(output_dir, internal_call, gathered):
+    from torch.distributed.fsdp import StateDictType
+
+    plugin = _fsdp_plugin(state_dict_type="SHARDED_STATE_DICT")
+    trainer = SimpleNamespace(
+        is_fsdp_enabled=True,
+        args=SimpleNamespace(output_dir="out"),
+        accelerator=_accelerator(None, fsdp_plugin=plugin),
+    )
+    with full_model_on_save(trainer, output_dir, internal_call):
+        during = plugin.state_dict_type
+    assert during == (StateDictType.FULL_STATE_DICT if gathered else StateDictType.SHARDED_STATE_DICT)
+    assert plugin.state_dict_type == StateDictType.SHARDED_STATE_DICT  # checkpoints stay sharded afterwards

@@ -20,14 +20,16 @@ PACK = {"batching": "pack"}
 # Packed cases run 3 steps (GA 1: 2 packs a step) or 2 (GA 2: 4 packs, then 2) with unequal M and N; the GA 3 cases
 # run 2 steps of 6 samples (accelerate repeats one sample to even the last batches), whose N differ.
 CASES = {
-    "recipe": {**PACK, "loss_weighting": "sequence", "accumulation": 1, "rank_seeds": True, "save": True},
+    "recipe": {
+        **PACK, "loss_weighting": "sequence", "accumulation": 1, "rank_seeds": True, "save": True, "evaluate": True,
+    },
     "no-checkpointing": {
         **PACK, "loss_weighting": "token", "accumulation": 1, "activation_checkpointing": False,
         "env": {"FSDP_CPU_RAM_EFFICIENT_LOADING": "false"},
     },
     "naive-ga3": {"batching": "naive", "loss_weighting": "token", "accumulation": 3},
     "sort-ga3": {"batching": "sort", "loss_weighting": "sequence", "accumulation": 3},
-    "lora": {**PACK, "loss_weighting": "sequence", "accumulation": 2, "lora": True},
+    "lora": {**PACK, "loss_weighting": "sequence", "accumulation": 2, "lora": True, "save": True},
     "fsdp-checkpointing": {
         **PACK, "loss_weighting": "sequence", "accumulation": 1, "env": {"FSDP_ACTIVATION_CHECKPOINTING": "true"}
     },
@@ -138,16 +140,28 @@ def test_cpu_ram_efficient_loading_starts_every_rank_from_the_main_process_weigh
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["recipe", "training-arguments"])
+@pytest.mark.parametrize("name", ["recipe", "training-arguments", "lora"])
 def test_save_model_writes_one_loadable_folder_with_the_card(fsdp_run, name):
-    result = fsdp_run[0][name]  # sharded checkpoints (the recipe's) or full ones
-    assert {"model.safetensors", "config.json", "README.md"} <= set(result["saved_files"])
+    result = fsdp_run[0][name]  # sharded checkpoints (the recipe's, LoRA's) or full ones
+    weights = ["adapter_model.safetensors", "adapter_config.json"] if name == "lora" else ["model.safetensors"]
+    assert {*weights, "README.md"} <= set(result["saved_files"])
     assert set(result["saved"]) == set(result["final"])
     for parameter, value in result["final"].items():
         assert torch.equal(result["saved"][parameter], value), parameter
     if name == "recipe":
         assert f"| engine | {RECIPE_ENGINE} |" in result["card"]
         assert "| activation checkpointing | on |" in result["card"]
+        assert f"{result['parameters']:,} parameters" in result["card"]  # the whole model's, not a shard's
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_fsdp2_evaluation_counts_every_sample_once(fsdp_run):
+    evaluation = fsdp_run[0]["recipe"]["eval"]
+    metrics, reference = evaluation["metrics"], evaluation["reference"]
+    assert metrics["eval_loss"] == pytest.approx(reference["loss"], rel=TOLERANCE)
+    assert metrics["eval_entropy"] == pytest.approx(reference["entropy"], rel=TOLERANCE)
+    assert metrics["eval_mean_token_accuracy"] == pytest.approx(reference["accuracy"], rel=TOLERANCE)
 
 
 @pytest.mark.multiprocess
