@@ -1,17 +1,19 @@
 """FSDP2 (torch's `fully_shard` over gloo on CPU processes) vs. per-sample references, for the FSDP tests.
 
-Launched as `accelerate launch --config_file FSDP.yaml tests/fsdp_check.py CASES.json OUT.pt OUTPUT_DIR` with the
-shipped `recipes/accelerate/fsdp2.yaml` cut to 2 CPU processes (`test_fsdp.fsdp_launch_config`). Several cases run in
-one launch (process start-up dominates); a case's `env` overrides the launcher's `FSDP_*` variables (what another
-accelerate config would set), its `fsdp_config` takes the training arguments' route instead (`fsdp=True`), and the
-environment is put back after each case.
+Launched as `accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes 2 --mixed_precision no
+tests/fsdp_check.py CASES.json OUT.pt OUTPUT_DIR` (the shipped config cut to 2 CPU processes, by
+`tests/training/test_fsdp.py`). Several cases run in one launch (process start-up dominates); a case's `env` overrides
+the launcher's `FSDP_*` variables (what another accelerate config would set), its `fsdp_config` takes the training
+arguments' route instead (`fsdp=True`), and the environment is put back after each case.
 
 A training case trains `LongAlignSFTTrainer` for one epoch on the 11 samples of `grad_check` with plain SGD at a constant
 learning rate and records, for every optimizer step, the full weights it starts from, the full gradient FSDP applies
 (gathered from the shards when the optimizer step starts) and the samples every rank trains on. Rank 0 then runs the
 step's samples, each alone, unpacked, through an unsharded copy of the model (full logits) at those weights and builds
 `(1/M) sum_i L_i / N_i` or `sum_i L_i / sum_i N_i` by hand: its gradient and value are the reference. It also writes the
-final weights, the engine the trainer named and, with `save`, the folder `save_model` wrote, loaded back.
+final weights, the engine the trainer named, which activation checkpointing ran, with `save` the folder `save_model`
+wrote, loaded back, and with `evaluate` the trainer's evaluation next to the reference's. `rank_seeds` builds each
+rank's model from another seed (only loading the main process's weights makes them one model).
 
 A `resume` case trains with AdamW and a linear schedule, saving (sharded) checkpoints every step, then a new trainer
 resumes from the first one, mid-epoch: both runs' steps and final weights are written.

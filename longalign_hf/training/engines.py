@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -28,29 +27,14 @@ def fsdp_requested(args) -> bool:
     return bool(args.fsdp) or _env_flag("ACCELERATE_USE_FSDP")
 
 
-def fsdp_settings(args) -> dict[str, Any]:
-    """The FSDP settings the trainer's plugin will be built from: the training arguments' `fsdp_config` (as transformers
-    reads it, `fsdp_plugin_args`) when `fsdp` is given, else the launcher's `FSDP_*` environment, with accelerate's
-    defaults. Call it after `TrainingArguments.__post_init__`."""
+def _fsdp_settings(args) -> tuple[int, bool]:
+    """The FSDP version and whether FSDP's own activation checkpointing is on, as the trainer's plugin will be built:
+    from the training arguments' `fsdp_config` (as transformers reads it, `fsdp_plugin_args`) when `fsdp` is given,
+    else from the launcher's `FSDP_*` environment, with accelerate's defaults."""
     plugin_args = getattr(args, "fsdp_plugin_args", None)
     if plugin_args is not None:
-        return {
-            "version": int(plugin_args.get("fsdp_version", 2)),
-            "activation_checkpointing": bool(plugin_args.get("activation_checkpointing", False)),
-            "offload_params": bool(plugin_args.get("cpu_offload", False)),
-            "state_dict_type": str(plugin_args.get("state_dict_type", "FULL_STATE_DICT")),
-            "cpu_ram_efficient_loading": bool(plugin_args.get("cpu_ram_efficient_loading", False)),
-        }
-    version = int(os.environ.get("FSDP_VERSION", "1"))
-    return {
-        "version": version,
-        "activation_checkpointing": _env_flag("FSDP_ACTIVATION_CHECKPOINTING"),
-        "offload_params": _env_flag("FSDP_OFFLOAD_PARAMS"),
-        "state_dict_type": os.environ.get(
-            "FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT" if version == 1 else "SHARDED_STATE_DICT"
-        ),
-        "cpu_ram_efficient_loading": _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING"),
-    }
+        return int(plugin_args.get("fsdp_version", 2)), bool(plugin_args.get("activation_checkpointing", False))
+    return int(os.environ.get("FSDP_VERSION", "1")), _env_flag("FSDP_ACTIVATION_CHECKPOINTING")
 
 
 def check_fsdp(args, checkpointing_given: bool) -> None:
@@ -69,10 +53,10 @@ def check_fsdp(args, checkpointing_given: bool) -> None:
             "both DeepSpeed (`deepspeed` or `distributed_type: DEEPSPEED`) and FSDP (`fsdp` or `distributed_type: "
             "FSDP`) are asked for; accelerate would run DeepSpeed alone. Keep one of them."
         )
-    settings = fsdp_settings(args)
-    if settings["version"] != 2:
+    version, fsdp_checkpointing = _fsdp_settings(args)
+    if version != 2:
         raise ValueError(
-            f"FSDP version {settings['version']} is not supported: LongAlign's loss weighting is proven exact under "
+            f"FSDP version {version} is not supported: LongAlign's loss weighting is proven exact under "
             "FSDP2 (`fully_shard`) only. FSDP1 cannot be checked on CPU processes (accelerate refuses its "
             "`sync_module_states` there, and its wrapper rejects the CPU device without it), and transformers "
             "deprecates it for removal. Set `fsdp_version: 2` in the accelerate config (accelerate defaults to 1 when "
@@ -85,7 +69,7 @@ def check_fsdp(args, checkpointing_given: bool) -> None:
             "(`accelerate launch --config_file recipes/accelerate/fsdp2.yaml --num_processes N ...`, N > 1), or drop the "
             "FSDP settings to train in one process."
         )
-    if settings["activation_checkpointing"] and args.activation_checkpointing:
+    if fsdp_checkpointing and args.activation_checkpointing:
         if checkpointing_given:
             raise ValueError(
                 "FSDP's activation checkpointing (`fsdp_activation_checkpointing: true`) and the trainer's "
@@ -156,8 +140,6 @@ def _on_off(value: bool) -> str:
 def _fsdp_description(plugin) -> str:
     from torch.distributed.fsdp import CPUOffloadPolicy
 
-    if plugin.fsdp_version != 2:
-        return f"FSDP{plugin.fsdp_version}"
     shape = "full shard" if plugin.reshard_after_forward else "shard grad op"
     policy = plugin.mixed_precision_policy
     precision = "fp32"
