@@ -1,6 +1,7 @@
 """FSDP2 on 2 CPU processes (gloo): the engine named is the engine that runs, exact per optimizer step against the
-per-sample reference, with LoRA, either activation checkpointing, parameter offload and CPU-RAM-efficient loading; the
-final save is one loadable folder; a sharded checkpoint resumes to the uninterrupted run's weights."""
+per-sample reference (also with LoRA, either activation checkpointing, parameter offload, CPU-RAM-efficient loading
+and, within bf16's rounding, mixed precision), and in evaluation; the final save is one loadable folder; a sharded
+checkpoint resumes to the uninterrupted run's weights; the launch exits by itself."""
 
 import json
 import os
