@@ -137,6 +137,7 @@ def test_recipe_starts_under_ddp_with_two_processes(tmp_path):
     # One card, written by the main process, that counts both processes.
     card = (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
     assert "| devices | 2 x CPU (" in card and "x 2 data-parallel replica(s)) |" in card
+    assert "| engine | DDP over 2 processes (gloo) |" in card
 
 
 def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):
@@ -389,6 +390,8 @@ def test_recipe_trains_with_sequence_parallelism_from_the_accelerate_config(tmp_
         "| sequence parallelism | DeepSpeed Ulysses, sp_size 2: each row is split into 512 tokens per rank |" in card
     )
     assert "x 1 data-parallel replica(s)) |" in card
+    engine = "DeepSpeed ZeRO-2 with Ulysses sequence parallelism (sp_size 2, 1 data-parallel replica(s))"
+    assert f"| engine | {engine} over 2 processes (gloo) |" in card and f"Engine: {engine}" in log
 
 
 def test_the_model_card_names_local_sources_by_name_never_by_path(recipe, tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from trl import SFTConfig
 
 from longalign_hf.data.chat import BAD_ROW_POLICIES, OVERFLOW_POLICIES
 from longalign_hf.training.distributed import start_deepspeed_on_cpu
+from longalign_hf.training.engines import check_fsdp, fsdp_requested
 from longalign_hf.training.packing import PACKING_STRATEGIES
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,12 @@ class LongAlignConfig(SFTConfig):
     Defaults that differ from `SFTConfig`: checkpointing is set through `activation_checkpointing` (on, as in TRL);
     on a machine without a GPU `bf16` defaults to off (TRL turns it on, which transformers refuses on a CPU) and
     `dataloader_pin_memory` to off; several processes without a GPU set `use_cpu=True`, without which transformers
-    starts no process group and every process would train alone on all the data.
+    starts no process group and every process would train alone on all the data (an FSDP config then trains with FSDP
+    over that gloo group, not with DDP: `longalign_hf.training.engines`).
+
+    FSDP is FSDP2 only, on several processes, without DeepSpeed; anything else is refused here, before any data work.
+    FSDP's own activation checkpointing (`fsdp_activation_checkpointing`) turns the trainer's default off; asked for
+    together with `activation_checkpointing=True`, it is refused.
 
     Parameters:
         batching (`str`, *optional*, defaults to `"pack"`):
@@ -96,7 +102,8 @@ class LongAlignConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Recompute activations in the backward pass to save memory. Unset: on (as in TRL), or the value "
-            "of the deprecated `gradient_checkpointing` when that is given."
+            "of the deprecated `gradient_checkpointing` when that is given; off when FSDP's own "
+            "(`fsdp_activation_checkpointing`) is on."
         },
     )
     batching: str = field(
@@ -148,6 +155,7 @@ class LongAlignConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        checkpointing_given = self.activation_checkpointing is not None or self.gradient_checkpointing is not None
         if self.activation_checkpointing is None:
             self.activation_checkpointing = (
                 True if self.gradient_checkpointing is None else self.gradient_checkpointing
@@ -166,8 +174,11 @@ class LongAlignConfig(SFTConfig):
             self.accelerator_config = _with_configured_state(self.accelerator_config)
         if not self.use_cpu and several_processes and not torch.cuda.is_available() and not uses_deepspeed:
             # Without it, transformers starts no process group on a CPU-only machine: every process would train
-            # alone on all the data.
-            logger.warning("Several processes and no GPU: setting use_cpu=True so they train together over gloo")
+            # alone on all the data. FSDP then runs over the same gloo group (`engines.requested_engine`).
+            engine = "FSDP" if fsdp_requested(self) else "DDP"
+            logger.warning(
+                "Several processes and no GPU: setting use_cpu=True so they train together (%s over gloo)", engine
+            )
             self.use_cpu = True
         if self.bf16 is None and not self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
             # TRL turns bf16 on by default, which transformers refuses on a CPU; the user can still ask for it.
@@ -198,6 +209,7 @@ class LongAlignConfig(SFTConfig):
         if self.attention_cost_constant is not None and self.attention_cost_constant <= 0:
             raise ValueError(f"`attention_cost_constant` must be positive, got {self.attention_cost_constant}")
         self._refuse_ignored_options()
+        check_fsdp(self, checkpointing_given)
 
     def _refuse_ignored_options(self) -> None:
         """Inherited options that LongAlign's data path or loss would otherwise ignore: each is refused with the why."""

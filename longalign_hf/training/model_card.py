@@ -24,6 +24,7 @@ from typing import Any
 
 from longalign_hf.data.longbench_chat.format import CITATION
 from longalign_hf.public_names import hub_id, public_name
+from longalign_hf.training.engines import describe_engine
 
 CARD_NAME = "README.md"
 # Evaluation sections go right above this line; a card without it gets an evaluation section at its end.
@@ -80,6 +81,13 @@ def _device_name(device) -> str:
     return device.type.upper()
 
 
+def _activation_checkpointing(trainer) -> str:
+    """Whose activation checkpointing ran: "fsdp" (FSDP's own, which turns the trainer's off), "trainer" or "off"."""
+    if getattr(trainer, "is_fsdp_enabled", False) and trainer.accelerator.state.fsdp_plugin.activation_checkpointing:
+        return "fsdp"
+    return "trainer" if trainer.args.activation_checkpointing else "off"
+
+
 def collect_training_facts(
     trainer,
     model_name: str,
@@ -131,13 +139,13 @@ def collect_training_facts(
             "num_train_epochs": args.num_train_epochs,
             "max_steps": args.max_steps,
             "precision": precision,
-            "activation_checkpointing": bool(args.activation_checkpointing),
+            "activation_checkpointing": _activation_checkpointing(trainer),
             "seed": args.seed,
         },
         "packing": packing,
         "hardware": {
             "devices": f"{trainer.accelerator.num_processes} x {_device_name(trainer.accelerator.device)}",
-            "distributed": str(getattr(trainer.accelerator.distributed_type, "value", "NO")),
+            "engine": describe_engine(trainer.accelerator, getattr(trainer, "_sp_size", 1)),
         },
         "training": {
             "runtime_seconds": summary.get("train_runtime"),
@@ -246,7 +254,10 @@ def _settings_section(facts: dict[str, Any]) -> str:
         ),
         ("epochs", f"{s['num_train_epochs']:g}" + (f" (max_steps {s['max_steps']})" if s["max_steps"] > 0 else "")),
         ("precision", s["precision"]),
-        ("activation checkpointing", "on" if s["activation_checkpointing"] else "off"),
+        (
+            "activation checkpointing",
+            {"trainer": "on", "fsdp": "on (FSDP's own)"}.get(s["activation_checkpointing"], "off"),
+        ),
         ("seed", str(s["seed"])),
     ]
     if sp_size > 1:
@@ -280,7 +291,7 @@ def _hardware_section(facts: dict[str, Any]) -> str:
     runtime = t["runtime_seconds"]
     rows = [
         ("devices", h["devices"]),
-        ("distributed", h["distributed"].lower()),
+        ("engine", h["engine"]),
         (
             "training time",
             "-" if runtime is None else f"{datetime.timedelta(seconds=round(runtime))} ({runtime:.1f} s)",

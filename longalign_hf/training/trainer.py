@@ -22,6 +22,7 @@ from longalign_hf.training.collator import (
     LongAlignDataCollator,
 )
 from longalign_hf.training.config import LongAlignConfig
+from longalign_hf.training.engines import describe_engine, full_model_on_save, requested_engine
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
 from longalign_hf.training.model_card import collect_training_facts, data_statistics, training_card, write_card
 from longalign_hf.training.packed_dataset import column_array
@@ -125,6 +126,7 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
         self._sp_size = sequence_parallel_size(parallelism)
         self._replicas = self.accelerator.num_processes // self._sp_size  # the SP ranks of a replica share its packs
         self._sp_collator = None
+        logger.info("Engine: %s", describe_engine(self.accelerator, self._sp_size))
         if self._sp_size > 1:
             deepspeed_config = (
                 self.accelerator.state.deepspeed_plugin.deepspeed_config if self.is_deepspeed_enabled else None
@@ -151,6 +153,10 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
         self._eval_totals: torch.Tensor | None = None
         self._data_statistics = statistics
         self._dataset_names = list(dataset_names or [])
+
+    def create_accelerator_and_postprocess(self) -> None:
+        with requested_engine(self.args):  # FSDP asked for on CPU processes runs as FSDP, not as DDP
+            super().create_accelerator_and_postprocess()
 
     # ---- data -------------------------------------------------------------------------------------------------
 
@@ -373,7 +379,8 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Trainer's `save_model`, then the LongAlign model card (`README.md`) next to the weights."""
-        super().save_model(output_dir, _internal_call)
+        with full_model_on_save(self, output_dir, _internal_call):  # one loadable folder, also from sharded FSDP
+            super().save_model(output_dir, _internal_call)
         self._write_model_card(output_dir or self.args.output_dir)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,

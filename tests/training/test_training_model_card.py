@@ -99,7 +99,7 @@ def test_the_card_reports_hardware_and_time(embedded_run):
     trainer, output_dir = embedded_run
     rows = card_rows((output_dir / "README.md").read_text(encoding="utf-8"))
     summary = next(entry for entry in trainer.state.log_history if "train_runtime" in entry)
-    assert rows["devices"].startswith("1 x CPU (") and rows["distributed"] == "no"
+    assert rows["devices"].startswith("1 x CPU (") and rows["engine"] == "single process"
     assert rows["training time"].endswith(f"({summary['train_runtime']:.1f} s)")
     assert rows["optimizer steps"] == "3 of 3" and trainer.state.global_step == 3
     assert rows["tokens trained (padding excluded)"] == f"{trainer._total_train_tokens:,}"
