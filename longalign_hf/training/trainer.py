@@ -22,6 +22,8 @@ from longalign_hf.training.collator import (
     LongAlignDataCollator,
 )
 from longalign_hf.training.config import LongAlignConfig
+from longalign_hf.training.deepspeed_checks import check_deepspeed, gradient_divisor
+from longalign_hf.training.deepspeed_weights import gathers_fp32_on_save, save_fp32_model
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
 from longalign_hf.training.model_card import collect_training_facts, data_statistics, training_card, write_card
 from longalign_hf.training.packed_dataset import column_array
@@ -32,7 +34,6 @@ from longalign_hf.training.sequence_parallel import (
     LOSS_SHIFT_NUM_TARGETS,
     SequenceParallelCollator,
     check_sequence_parallel,
-    gradient_divisor,
     restore_kv_head_groups,
     sequence_parallel_size,
     weighted_nll_sum_per_token,
@@ -89,6 +90,7 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
             )
         refuse_unsupported_arguments(kwargs)
         check_parallelism(getattr(args, "parallelism_config", None))
+        check_deepspeed(args, kwargs.get("optimizers"), kwargs.get("optimizer_cls_and_kwargs"))
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
         model = apply_template_settings(model, processing_class, args)
@@ -262,7 +264,8 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
         )
         if self.model.training and self._step_totals is not None:
             num_samples, num_tokens = self._step_totals
-            # DDP, FSDP and DeepSpeed average gradients over processes; the global sum needs the factor back.
+            # DDP, FSDP and DeepSpeed (the settings `check_deepspeed` accepts) average gradients over processes; the
+            # global sum needs the factor back.
             scale = self.accelerator.num_processes
         else:
             num_samples, num_tokens, scale = (num_targets > 0).sum(), num_targets.sum(), 1
@@ -366,8 +369,13 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
     # ---- model card -------------------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's `save_model`, then the LongAlign model card (`README.md`) next to the weights."""
-        super().save_model(output_dir, _internal_call)
+        """Trainer's `save_model`, then the LongAlign model card (`README.md`) next to the weights. Under ZeRO-3
+        without 16-bit gathering, the final model is saved from its gathered fp32 weights (`save_fp32_model`), not as
+        a DeepSpeed checkpoint that `from_pretrained` cannot load."""
+        if not _internal_call and gathers_fp32_on_save(self.deepspeed):
+            save_fp32_model(self, output_dir or self.args.output_dir)
+        else:
+            super().save_model(output_dir, _internal_call)
         self._write_model_card(output_dir or self.args.output_dir)
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
