@@ -110,6 +110,7 @@ def _build(case: dict, output_dir: str):
     args = _args(case, output_dir)
     model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=MAX_LENGTH)
     model.config._attn_implementation = "sdpa"
+    built_partitioned = all(hasattr(param, "ds_id") for param in model.parameters())  # under DeepSpeed's zero.Init
     extra = {"peft_config": _lora_config()} if case.get("lora") else {}
     if case.get("pass_optimizer"):
         extra["optimizers"] = (torch.optim.SGD(model.parameters(), lr=0.1), None)
@@ -118,6 +119,7 @@ def _build(case: dict, output_dir: str):
         model=model, args=args, train_dataset=build_dataset(tokenizer), processing_class=tokenizer,
         callbacks=[losses], **extra,
     )  # fmt: skip
+    trainer.built_partitioned = built_partitioned
     return tokenizer, trainer, losses, reference_model
 
 
@@ -142,6 +144,7 @@ def _train_and_compare(case: dict, output_dir: str) -> dict:
             getattr(offload, "device", "none") != "none" for offload in (zero.offload_optimizer, zero.offload_param)
         ],
         "optimizer": type(engine.basic_optimizer).__name__,
+        "built_partitioned": trainer.built_partitioned,
         "final_weights": _full_state_dict(trainer.accelerator.unwrap_model(trainer.model)),
         "steps": [],
     }

@@ -45,7 +45,8 @@ def check_gradient_reduction(deepspeed_config: dict, sp_size: int = 1) -> None:
       but world for the others (`contiguous_gradients: false`, or one parameter larger than `reduce_bucket_size`).
       Without SP both are every rank; under SP parameters get different divisors and no loss scale is exact: refused
       there, as is every setting below, with or without SP, whose path is not followed here.
-    `communication_data_type` sets the precision of the reduction (the user's choice, like bf16), not its divisor.
+    `communication_data_type` sets the precision of the reduction (the user's choice, like bf16; a bf16 reduction of
+    fp32 gradients is within bf16's rounding of the reference), not its divisor.
     """
     zero = _zero_config(deepspeed_config)
     given = deepspeed_config.get("zero_optimization") or {}

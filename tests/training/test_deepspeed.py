@@ -175,6 +175,9 @@ CASES = [
      "accumulation": 3, "save": True},
     {"zero": {"stage": 3}, "lora": True, "batching": "pack", "loss_weighting": "token", "accumulation": 1,
      "save": True},
+    # A bf16 reduction of fp32 gradients: bf16's rounding (~2e-3), the same divisor (a wrong one would be 0.5 off).
+    {"zero": {"stage": 3}, "deepspeed": {"communication_data_type": "bf16"}, "batching": "pack",
+     "loss_weighting": "sequence", "accumulation": 1, "tolerance": 1e-2},
     # Stopped after 2 of the 3 steps of the first epoch and resumed, to step 5 of the second (CPU Adam's state).
     {"resume": True, "zero": _OFFLOAD, "accumulation": 1, "loss_weighting": "sequence", "optim": "adamw_torch",
      "max_steps": 5, "save_steps": 2},
@@ -231,15 +234,15 @@ def _check_steps(case: dict, result: dict) -> list[float]:
     steps = result["steps"]
     counts = [step["num_samples" if case["loss_weighting"] == "sequence" else "num_tokens"] for step in steps]
     assert len(set(counts)) > 1, f"every step has the same count {counts}: cannot tell per-step from per-set"
-    differences = []
+    differences, tolerance = [], case.get("tolerance", 1e-5)
     for step, update in zip(steps, _updates(result)):
         assert set(step["grads"]) == set(step["reference_grads"])
         differences.append(_relative(step["grads"], step["reference_grads"]))
-        assert differences[-1] <= 1e-5
+        assert differences[-1] <= tolerance
         assert step["loss"] == pytest.approx(step["reference_loss"], rel=1e-5)
         if case.get("optim", "sgd") == "sgd":  # plain SGD at lr 0.1: the update is -0.1 x the objective's gradient
             expected = {name: -0.1 * grad for name, grad in step["reference_grads"].items()}
-            assert _relative(update, expected) <= 1e-5
+            assert _relative(update, expected) <= tolerance
     return differences
 
 
@@ -301,11 +304,13 @@ def test_zero2_zero3_and_offload_exact_on_two_processes(tmp_path):
     expected = [  # ZeRO stage, (optimizer offloaded, parameters offloaded), the optimizer DeepSpeed steps, steps
         (2, [False, False], "SGD", 3), (2, [False, False], "SGD", 2), (3, [False, False], "SGD", 2),
         (3, [False, False], "SGD", 3), (3, [True, True], "DeepSpeedCPUAdam", 3), (3, [True, True], "SGD", 2),
-        (3, [False, False], "SGD", 3),
+        (3, [False, False], "SGD", 3), (3, [False, False], "SGD", 3),
     ]  # fmt: skip
     for case, result, (stage, offload, optimizer, num_steps) in zip(CASES, results, expected):
         assert result["world_size"] == 2
         assert (result["zero_stage"], result["offload"], result["optimizer"]) == (stage, offload, optimizer)
+        # Under ZeRO-3 the model is partitioned as it is built (after the training arguments, as the recipe loads it).
+        assert result["built_partitioned"] == (stage == 3)
         assert len(result["steps"]) == num_steps
         differences = _check_steps(case, result)
         figures = f"{case}: gradient vs reference, largest relative difference {max(differences):.1e}"
@@ -327,7 +332,7 @@ def test_zero2_zero3_and_offload_exact_on_two_processes(tmp_path):
     ]
     assert min(controls) > 1e-3, controls
     print(f"CPU Adam vs torch AdamW: {_torch_adamw_difference(*adamw, 0.5):.1e}; controls {min(controls):.1e} and up")
-    print(f"resumed vs uninterrupted weights: {_check_resume(CASES[7], results[7]):.1e} of the distance moved")
-    offload_sgd, passed_optimizer = results[8]["refusal"], results[9]["refusal"]
+    print(f"resumed vs uninterrupted weights: {_check_resume(CASES[8], results[8]):.1e} of the distance moved")
+    offload_sgd, passed_optimizer = results[9]["refusal"], results[10]["refusal"]
     assert "optimizer (optim=sgd) with DeepSpeed's CPU Adam" in (offload_sgd or "")
     assert "optimizers=" in (passed_optimizer or "")
