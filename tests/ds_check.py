@@ -12,7 +12,7 @@ the Trainer logged, next to the gradient and value of the LongAlign objective ov
 alone, unpacked, through the plain model with full logits; the final weights, and the seconds each case took.
 
 A case gives `batching`, `loss_weighting`, `accumulation`, and optionally `optim` (default sgd), `learning_rate`,
-`lr_scheduler_type`, `adam` (`adam_beta1`, `adam_beta2`, `adam_epsilon`, `weight_decay`), `lora`, `save` (`save_model`
+`lr_scheduler_type`, `max_grad_norm` (default 0, no clipping), `adam` (`adam_beta1`, `adam_beta2`, `adam_epsilon`, `weight_decay`), `lora`, `save` (`save_model`
 into `OUTPUT_DIR/<case>/saved`, which the test loads), `refused` (only build the trainer, which must refuse: the result
 is its message; `pass_optimizer` passes it an optimizer) or `resume` (`sp_resume_check`'s uninterrupted and resumed
 runs). Several cases run in one launch (process start-up dominates); between them accelerate's state, transformers'
@@ -98,7 +98,8 @@ def _args(case: dict, output_dir: str) -> LongAlignConfig:
         output_dir=output_dir, batching=case["batching"], loss_weighting=case["loss_weighting"], max_length=MAX_LENGTH,
         per_device_train_batch_size=1, gradient_accumulation_steps=case["accumulation"], num_train_epochs=1,
         optim=case.get("optim", "sgd"), learning_rate=case.get("learning_rate", 0.1),
-        lr_scheduler_type=case.get("lr_scheduler_type", "constant"), max_grad_norm=0.0, bf16=False, report_to="none",
+        lr_scheduler_type=case.get("lr_scheduler_type", "constant"), max_grad_norm=case.get("max_grad_norm", 0.0),
+        bf16=False, report_to="none",
         save_strategy="no", logging_steps=1, seed=0, deepspeed=deepspeed, **case.get("adam", {}),
     )  # fmt: skip
 
