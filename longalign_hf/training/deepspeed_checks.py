@@ -80,6 +80,12 @@ def check_gradient_reduction(deepspeed_config: dict, sp_size: int = 1) -> None:
         refused.append("ZenFlow (`zenflow`), which reduces gradients on its own path: remove it")
     if (deepspeed_config.get("compile") or {}).get("deepcompile"):
         refused.append("DeepCompile, which reduces gradients inside its compiled graph: remove `compile.deepcompile`")
+    if int((deepspeed_config.get("tensor_parallel") or {}).get("autotp_size", 1)) > 1:
+        refused.append(
+            "DeepSpeed AutoTP (`tensor_parallel.autotp_size` above 1), which divides by the data-parallel size, "
+            "processes / autotp_size, and whose tensor parallelism is not proven exact here (as `tp_size` is "
+            "refused): remove it"
+        )
     offload = zero.offload_optimizer
     if offload is not None and offload.device != "none" and (offload.ratio < 1.0 or offload.super_offload):
         refused.append(

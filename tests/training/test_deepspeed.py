@@ -65,6 +65,7 @@ def test_reduction_settings_with_one_divisor_are_accepted_without_sp(deepspeed_c
         ({"zero_optimization": {"stage": 3, "zero_hpz_partition_size": 2}}, "zero_hpz_partition_size"),
         ({"zero_optimization": {"stage": 2, "zenflow": {"topk_ratio": 0.1}}}, "ZenFlow"),
         ({"zero_optimization": {"stage": 3}, "compile": {"deepcompile": True}}, "DeepCompile"),
+        ({"zero_optimization": {"stage": 2}, "tensor_parallel": {"autotp_size": 2}}, "AutoTP"),
         ({"zero_optimization": {**_OFFLOAD, "offload_optimizer": {"device": "cpu", "ratio": 0.5}}}, "ratio"),
         ({"zero_optimization": {**_OFFLOAD, "offload_optimizer": {"device": "cpu", "super_offload": True}}},
          "SuperOffload"),
@@ -154,10 +155,13 @@ def test_the_trainer_checks_the_deepspeed_config_it_gets(tmp_path):
 
 _ADAM = {"adam_beta1": 0.8, "adam_beta2": 0.9, "adam_epsilon": 1e-3, "weight_decay": 0.5}
 CASES = [
-    # ZeRO-2: reduce-scatter (the default); all-reduce of small buckets with overlapped, round-robin partitions.
+    # ZeRO-2: reduce-scatter (the default); all-reduce of small buckets with overlapped, round-robin partitions; the
+    # all-reduce of non-contiguous gradients.
     {"zero": {"stage": 2}, "batching": "pack", "loss_weighting": "sequence", "accumulation": 1},
     {"zero": {"stage": 2, "reduce_scatter": False, "reduce_bucket_size": 4096, "overlap_comm": True,
               "round_robin_gradients": True}, "batching": "sort", "loss_weighting": "token", "accumulation": 3},
+    {"zero": {"stage": 2, "contiguous_gradients": False}, "batching": "pack", "loss_weighting": "token",
+     "accumulation": 1},
     # ZeRO-3 as recipes/accelerate/zero3.yaml sets it (reduce-scatter, model built partitioned, 16-bit save), and
     # without reduce-scatter, its contiguous all-reduce and its per-parameter path (parameters over 4096 elements).
     {"accelerate_config": "zero3.yaml", "batching": "sort", "loss_weighting": "token", "accumulation": 3,
@@ -309,7 +313,8 @@ def test_zero2_zero3_and_offload_exact_on_two_processes(tmp_path):
     results = torch.load(output_path, weights_only=False)
     assert len(results) == len(CASES)
     expected = [  # ZeRO stage, (optimizer offloaded, parameters offloaded), the optimizer DeepSpeed steps, steps
-        (2, [False, False], "SGD", 3), (2, [False, False], "SGD", 2), (3, [False, False], "SGD", 2),
+        (2, [False, False], "SGD", 3), (2, [False, False], "SGD", 2), (2, [False, False], "SGD", 3),
+        (3, [False, False], "SGD", 2),
         (3, [False, False], "SGD", 3), (3, [True, True], "DeepSpeedCPUAdam", 3), (3, [True, True], "SGD", 2),
         (3, [False, False], "SGD", 3), (3, [False, False], "SGD", 3),
     ]  # fmt: skip
@@ -324,22 +329,22 @@ def test_zero2_zero3_and_offload_exact_on_two_processes(tmp_path):
         if case.get("save"):
             _check_saved(result, case.get("lora", False))
         print(f"{figures} ({result['seconds']:.1f} s)")  # `pytest -s` shows the measured figures
-    lora = results[6]
+    lora = results[7]
     assert lora["steps"][0]["grads"] and all("lora_" in name for name in lora["steps"][0]["grads"])
     # CPU Adam computes torch's AdamW update with the trainer's hyper-parameters and groups; each one dropped or
     # changed (the defaults, no decay, decay on norms too, Adam's L2 instead of AdamW) is seen.
-    adamw = (results[4], 0.01, (0.8, 0.9), 1e-3)
+    adamw = (results[5], 0.01, (0.8, 0.9), 1e-3)
     assert _torch_adamw_difference(*adamw, 0.5) <= 1e-5
     controls = [
-        _torch_adamw_difference(results[4], 0.01, (0.9, 0.999), 1e-3, 0.5),
-        _torch_adamw_difference(results[4], 0.01, (0.8, 0.9), 1e-8, 0.5),
+        _torch_adamw_difference(results[5], 0.01, (0.9, 0.999), 1e-3, 0.5),
+        _torch_adamw_difference(results[5], 0.01, (0.8, 0.9), 1e-8, 0.5),
         _torch_adamw_difference(*adamw, 0.0),
         _torch_adamw_difference(*adamw, 0.5, decay_norms=True),
         _torch_adamw_difference(*adamw, 0.5, adam_w=False),
     ]
     assert min(controls) > 1e-3, controls
     print(f"CPU Adam vs torch AdamW: {_torch_adamw_difference(*adamw, 0.5):.1e}; controls {min(controls):.1e} and up")
-    print(f"resumed vs uninterrupted weights: {_check_resume(CASES[8], results[8]):.1e} of the distance moved")
-    offload_sgd, passed_optimizer = results[9]["refusal"], results[10]["refusal"]
+    print(f"resumed vs uninterrupted weights: {_check_resume(CASES[9], results[9]):.1e} of the distance moved")
+    offload_sgd, passed_optimizer = results[10]["refusal"], results[11]["refusal"]
     assert "optimizer (optim=sgd) with DeepSpeed's CPU Adam" in (offload_sgd or "")
     assert "optimizers=" in (passed_optimizer or "")
