@@ -3,20 +3,22 @@
 
 Launched as `DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/ds_check.py CASES.json OUT.pt OUTPUT_DIR`: trains
 `LongAlignSFTTrainer` for one epoch on the samples of `grad_check` that have targets (6 packs, or 11 samples sorted)
-under DeepSpeed ZeRO. The DeepSpeed config is a case's `zero` (its `zero_optimization`) and `deepspeed` (other top-level
-keys), given as `deepspeed=`; or, with `accelerate_config` (a recipe's accelerate YAML), the environment `accelerate
-launch` gives its processes for that file, cut to this machine (2 CPU processes, no mixed precision). The model is built
-after the training arguments, as the recipe loads it (under ZeRO-3, partitioned as it is built). Rank 0 writes, for
-every optimizer step, the weights it started from, the gradient DeepSpeed applied (`sp_check`'s recorder) and the loss
-the Trainer logged, next to the gradient and value of the LongAlign objective over the step's samples, each sample
-alone, unpacked, through the plain model with full logits; the final weights, and the seconds each case took.
+under DeepSpeed ZeRO. The DeepSpeed config is a case's `zero` (its `zero_optimization`) and `deepspeed` (other
+top-level keys), given as `deepspeed=`; or, with `accelerate_config` (a recipe's accelerate YAML), the environment
+`accelerate launch` gives its processes for that file, cut to this machine (2 CPU processes, no mixed precision). The
+model is built after the training arguments, as the recipe loads it (under ZeRO-3, partitioned as it is built). Rank 0
+writes, for every optimizer step, the weights it started from, the gradient DeepSpeed applied (`sp_check`'s recorder)
+and the loss the Trainer logged, next to the gradient and value of the LongAlign objective over the step's samples,
+each sample alone, unpacked, through the plain model with full logits; the final weights, and the seconds each case
+took.
 
 A case gives `batching`, `loss_weighting`, `accumulation`, and optionally `optim` (default sgd), `learning_rate`,
-`lr_scheduler_type`, `max_grad_norm` (default 0, no clipping), `adam` (`adam_beta1`, `adam_beta2`, `adam_epsilon`, `weight_decay`), `lora`, `save` (`save_model`
-into `OUTPUT_DIR/<case>/saved`, which the test loads), `refused` (only build the trainer, which must refuse: the result
-is its message; `pass_optimizer` passes it an optimizer) or `resume` (`sp_resume_check`'s uninterrupted and resumed
-runs). Several cases run in one launch (process start-up dominates); between them accelerate's state, transformers'
-DeepSpeed config and the environment a case set are put back, as a fresh process would have them.
+`lr_scheduler_type`, `max_grad_norm` (default 0, no clipping), `adam` (`adam_beta1`, `adam_beta2`, `adam_epsilon`,
+`weight_decay`), `lora`, `save` (`save_model` into `OUTPUT_DIR/<case>/saved`, which the test loads), `refused` (only
+build the trainer, which must refuse: the result is its message; `pass_optimizer` passes it an optimizer) or `resume`
+(`sp_resume_check`'s uninterrupted and resumed runs). Several cases run in one launch (process start-up dominates);
+between them accelerate's state, transformers' DeepSpeed config and the environment a case set are put back, as a fresh
+process would have them.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Launched as `DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/sp_resume_chec
 for every case, `LongAlignSFTTrainer` trains on the 11 samples `run_config` selects (5 packs) for `max_steps` optimizer
 steps over two epochs, saving a checkpoint at `save_steps`, then a new trainer resumes from that checkpoint to
 `max_steps`. A case runs under `ParallelismConfig(sp_size=2, sp_backend="deepspeed")` (dp 1: the real DeepSpeed engine
-and Ulysses attention over gloo), or with `"sp_size": 1` as plain DDP, or under DeepSpeed without SP when it gives `zero`
-(its `zero_optimization`; `tests/ds_check.py` runs those). Rank 0 writes, for each of the two runs, every
+and Ulysses attention over gloo), or with `"sp_size": 1` as plain DDP, or under DeepSpeed without SP when it also gives
+`zero` (its `zero_optimization`; `tests/ds_check.py` runs those). Rank 0 writes, for each of the two runs, every
 optimizer step's rows (rebuilt from the SP group's slices), the losses and token counts logged, `max_steps` and the
 final weights.
 

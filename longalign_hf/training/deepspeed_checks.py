@@ -15,9 +15,9 @@ depend on, checked before training, with or without Ulysses sequence parallelism
 
 from __future__ import annotations
 
-# The trainer's optimizers that are `torch.optim.AdamW`: under optimizer offload accelerate hands their parameter groups
-# (learning rate, betas, eps, weight decay, the groups without decay) to DeepSpeed's CPU Adam in AdamW mode, which
-# computes the same update (tests/ds_check.py checks it against torch's AdamW step by step).
+# The trainer's optimizers that are `torch.optim.AdamW`: under optimizer offload accelerate hands their parameter
+# groups (learning rate, betas, eps, weight decay, the groups without decay) to DeepSpeed's CPU Adam in AdamW mode,
+# which computes the same update (tests/training/test_deepspeed.py checks it against torch's AdamW step by step).
 ADAMW_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
 
 
@@ -124,12 +124,12 @@ def check_deepspeed_optimizer(
     """Refuse, before training, a DeepSpeed run whose optimizer or learning-rate schedule would not be the one the
     trainer's options name.
 
-    `optimizer_given`: an optimizer or scheduler was passed to the trainer (`optimizers=`), which transformers' DeepSpeed
-    set-up replaces by new ones built from the options. Under ZeRO optimizer offload (and `zero_force_ds_cpu_optimizer`
-    left on) accelerate swaps the trainer's optimizer for DeepSpeed's CPU Adam: honoured for torch's AdamW (`optim`
-    adamw_torch / adamw_torch_fused, or `optimizer_cls_and_kwargs` naming `torch.optim.AdamW` without amsgrad), whose
-    update CPU Adam computes with the same hyper-parameters and parameter groups; any other optimizer would silently
-    train as Adam, so it is refused.
+    `optimizer_given`: an optimizer or scheduler was passed to the trainer (`optimizers=`), which transformers'
+    DeepSpeed set-up replaces by new ones built from the options. Under ZeRO optimizer offload (and
+    `zero_force_ds_cpu_optimizer` left on) accelerate swaps the trainer's optimizer for DeepSpeed's CPU Adam: honoured
+    for torch's AdamW (`optim` adamw_torch / adamw_torch_fused, or `optimizer_cls_and_kwargs` naming
+    `torch.optim.AdamW` without amsgrad), whose update CPU Adam computes with the same hyper-parameters and parameter
+    groups; any other optimizer would silently train as Adam, so it is refused.
     """
     import torch
 
@@ -172,7 +172,9 @@ def check_deepspeed_optimizer(
                 "optimizer offload off"
             )
     if refused:
-        raise ValueError("DeepSpeed would not train with the optimizer you chose: " + "; ".join(refused) + ".")
+        raise ValueError(
+            "DeepSpeed would not train with the optimizer and schedule you chose: " + "; ".join(refused) + "."
+        )
 
 
 def check_deepspeed(args, optimizers=(None, None), optimizer_cls_and_kwargs=None) -> None:

@@ -33,7 +33,7 @@ _OFFLOAD = {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param":
     "deepspeed_config",
     [
         # Without SP every path of DeepSpeed 0.19.8 divides the summed gradient by the number of processes, ZeRO-3
-        # without its reduce-scatter too (its contiguous all-reduce and its per-parameter path alike; refused under SP).
+        # without its reduce-scatter too (its contiguous all-reduce and its per-parameter path; refused under SP).
         {"zero_optimization": {"stage": 3, "reduce_scatter": False, "reduce_bucket_size": 4096}},
         {"zero_optimization": {"stage": 3, "reduce_scatter": "false", "contiguous_gradients": False}},
         {
@@ -99,7 +99,8 @@ def _args(tmp_path, **overrides):
     ("deepspeed_config", "overrides", "given", "cls_and_kwargs", "match"),
     [
         # The run: `--optim sgd` under ZeRO-3 offload trained as Adam.
-        ({"zero_optimization": _OFFLOAD}, {"optim": "sgd"}, False, None, "optimizer \\(optim=sgd\\) with DeepSpeed's CPU Adam"),
+        ({"zero_optimization": _OFFLOAD}, {"optim": "sgd"}, False, None,
+         "optimizer \\(optim=sgd\\) with DeepSpeed's CPU Adam"),
         ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "nvme"}}}, {"optim": "adagrad"}, False,
          None, "optim=adagrad"),
         ({"zero_optimization": _OFFLOAD}, {}, False, (torch.optim.SGD, {}), "optimizer \\(SGD\\)"),
@@ -114,7 +115,9 @@ def _args(tmp_path, **overrides):
 def test_optimizers_deepspeed_would_replace_are_refused(tmp_path, deepspeed_config, overrides, given, cls_and_kwargs,
                                                         match):  # fmt: skip
     pytest.importorskip("deepspeed")
-    with pytest.raises(ValueError, match=f"^DeepSpeed would not train with the optimizer you chose: .*{match}"):
+    with pytest.raises(
+        ValueError, match=f"^DeepSpeed would not train with the optimizer and schedule you chose: .*{match}"
+    ):
         check_deepspeed_optimizer(deepspeed_config, _args(tmp_path, **overrides), given, cls_and_kwargs)
 
 
@@ -151,7 +154,7 @@ def test_the_trainer_checks_the_deepspeed_config_it_gets(tmp_path):
         check_deepspeed(args, (None, object()))
 
 
-# ---- the real engine -------------------------------------------------------------------------------------------------
+# ---- the real engine ------------------------------------------------------------------------------------------------
 
 _ADAM = {"adam_beta1": 0.8, "adam_beta2": 0.9, "adam_epsilon": 1e-3, "weight_decay": 0.5}
 CASES = [
