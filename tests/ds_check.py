@@ -14,11 +14,11 @@ took.
 
 A case gives `batching`, `loss_weighting`, `accumulation`, and optionally `optim` (default sgd), `learning_rate`,
 `lr_scheduler_type`, `max_grad_norm` (default 0, no clipping), `adam` (`adam_beta1`, `adam_beta2`, `adam_epsilon`,
-`weight_decay`), `lora`, `save` (`save_model` into `OUTPUT_DIR/<case>/saved`, which the test loads), `refused` (only
-build the trainer, which must refuse: the result is its message; `pass_optimizer` passes it an optimizer) or `resume`
-(`sp_resume_check`'s uninterrupted and resumed runs). Several cases run in one launch (process start-up dominates);
-between them accelerate's state, transformers' DeepSpeed config and the environment a case set are put back, as a fresh
-process would have them.
+`weight_decay`), `lora`, `save` (`save_model` into `OUTPUT_DIR/<case>/saved`, and into the output folder as
+`push_to_hub` saves it, which the test loads), `refused` (only build the trainer, which must refuse: the result is its
+message; `pass_optimizer` passes it an optimizer) or `resume` (`sp_resume_check`'s uninterrupted and resumed runs).
+Several cases run in one launch (process start-up dominates); between them accelerate's state, transformers' DeepSpeed
+config and the environment a case set are put back, as a fresh process would have them.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def _train_and_compare(case: dict, output_dir: str) -> dict:
     if case.get("save"):
         result["saved"] = os.path.join(output_dir, "saved")
         trainer.save_model(result["saved"])
+        trainer.save_model(_internal_call=True)  # as `push_to_hub` saves `output_dir` before it uploads
     by_rank = _all_ranks(trainer.step_samples)
     if dist.get_rank() != 0:
         return result

@@ -3,24 +3,14 @@
 
 With it, transformers' `save_model` gathers the weights in the model's own dtype (bf16 under mixed precision) into
 the folder. Without it, transformers writes a DeepSpeed checkpoint there instead, which `from_pretrained` cannot load
-(DeepSpeed's `zero_to_fp32.py` converts it offline); here the final model's fp32 master weights are gathered, one
-parameter at a time, and saved as a normal folder. Checkpoints taken during training stay DeepSpeed checkpoints, which
-is what resuming reads.
+(DeepSpeed's `zero_to_fp32.py` converts it offline); here the model's fp32 master weights are gathered, one parameter
+at a time, and saved as a normal folder, by `save_model` and by `push_to_hub`. Checkpoints taken during training stay
+DeepSpeed checkpoints, which is what resuming reads.
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def gathers_fp32_on_save(engine) -> bool:
-    """Whether `save_fp32_model` saves the model of this DeepSpeed engine (None before training or without
-    DeepSpeed): ZeRO-3 without 16-bit gathering on save."""
-    return (
-        engine is not None
-        and engine.zero_optimization_stage() == 3
-        and not engine.zero_gather_16bit_weights_on_model_save()
-    )
 
 
 def zero3_fp32_state_dict(engine, trainable_only: bool) -> dict[str, torch.Tensor] | None:
@@ -43,13 +33,22 @@ def zero3_fp32_state_dict(engine, trainable_only: bool) -> dict[str, torch.Tenso
     return state_dict
 
 
-def save_fp32_model(trainer, output_dir: str) -> None:
-    """Save `trainer`'s final model from its gathered fp32 weights into `output_dir` (every rank calls it; the
-    processes that save write), and push it as `Trainer.save_model` does when `push_to_hub` is set."""
+def save_fp32_model(trainer, output_dir: str | None, internal_call: bool) -> bool:
+    """`Trainer.save_model(output_dir, internal_call)` under ZeRO-3 without 16-bit gathering: save `trainer`'s model
+    from its gathered fp32 weights (every rank calls it; the processes that save write) and push it as `save_model`
+    does, then return True. Otherwise, and for a checkpoint (which Trainer saves with `_internal_call` into its folder,
+    and resuming reads as DeepSpeed's own), do nothing and return False. `push_to_hub` saves the output folder with
+    `_internal_call` and no `output_dir`: saved here, not pushed again."""
     from peft import PeftModel
 
+    engine = trainer.deepspeed  # None before training or without DeepSpeed
+    if engine is None or engine.zero_optimization_stage() != 3 or engine.zero_gather_16bit_weights_on_model_save():
+        return False
+    if engine.optimizer is None or (internal_call and output_dir is not None):
+        return False  # no fp32 weights (ZeRO-3 inference, for evaluation only), or a checkpoint
     model = trainer.accelerator.unwrap_model(trainer.model)
-    state_dict = zero3_fp32_state_dict(trainer.model_wrapped, trainable_only=isinstance(model, PeftModel))
-    trainer._save(output_dir, state_dict=state_dict)
-    if trainer.args.push_to_hub:
+    state_dict = zero3_fp32_state_dict(engine, trainable_only=isinstance(model, PeftModel))
+    trainer._save(output_dir or trainer.args.output_dir, state_dict=state_dict)
+    if not internal_call and trainer.args.push_to_hub:
         trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
+    return True

@@ -23,7 +23,7 @@ from longalign_hf.training.collator import (
 )
 from longalign_hf.training.config import LongAlignConfig
 from longalign_hf.training.deepspeed_checks import check_deepspeed, gradient_divisor
-from longalign_hf.training.deepspeed_weights import gathers_fp32_on_save, save_fp32_model
+from longalign_hf.training.deepspeed_weights import save_fp32_model
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
 from longalign_hf.training.model_card import collect_training_facts, data_statistics, training_card, write_card
 from longalign_hf.training.packed_dataset import column_array
@@ -369,12 +369,9 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
     # ---- model card -------------------------------------------------------------------------------------------
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's `save_model`, then the LongAlign model card (`README.md`) next to the weights. Under ZeRO-3
-        without 16-bit gathering, the final model is saved from its gathered fp32 weights (`save_fp32_model`), not as
-        a DeepSpeed checkpoint that `from_pretrained` cannot load."""
-        if not _internal_call and gathers_fp32_on_save(self.deepspeed):
-            save_fp32_model(self, output_dir or self.args.output_dir)
-        else:
+        """Trainer's `save_model` (under ZeRO-3 without 16-bit gathering, from the gathered fp32 weights:
+        `save_fp32_model`), then the LongAlign model card (`README.md`) next to the weights."""
+        if not save_fp32_model(self, output_dir, _internal_call):
             super().save_model(output_dir, _internal_call)
         self._write_model_card(output_dir or self.args.output_dir)
 

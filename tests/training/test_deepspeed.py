@@ -260,12 +260,11 @@ def _check_steps(case: dict, result: dict) -> list[float]:
     return differences
 
 
-def _check_saved(result: dict, lora: bool) -> None:
+def _check_saved(folder: str, result: dict, lora: bool) -> None:
     """The saved folder loads with `from_pretrained` (the adapter with peft) to the final weights, next to the card."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    folder = result["saved"]
     assert "tokens trained" in open(os.path.join(folder, "README.md"), encoding="utf-8").read()
     final = result["final_weights"]
     if lora:
@@ -330,7 +329,9 @@ def test_zero2_zero3_and_offload_exact_on_two_processes(tmp_path):
         differences = _check_steps(case, result)
         figures = f"{case}: gradient vs reference, largest relative difference {max(differences):.1e}"
         if case.get("save"):
-            _check_saved(result, case.get("lora", False))
+            # What `save_model` wrote, and what `push_to_hub` would upload (its save of the output folder).
+            _check_saved(result["saved"], result, case.get("lora", False))
+            _check_saved(os.path.join(tmp_path, "out", str(CASES.index(case))), result, case.get("lora", False))
         print(f"{figures} ({result['seconds']:.1f} s)")  # `pytest -s` shows the measured figures
     lora = results[7]
     assert lora["steps"][0]["grads"] and all("lora_" in name for name in lora["steps"][0]["grads"])
