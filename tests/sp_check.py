@@ -48,8 +48,8 @@ from longalign_hf.training.sequence_parallel import restore_kv_head_groups
 
 
 class _SPRecorder(LongAlignSFTTrainer):
-    """Records, for every optimizer step, the weights it starts from and the slices it trains on, and the gradient
-    DeepSpeed applies."""
+    """Records, for every optimizer step, the weights it starts from and the slices it trains on (`record_step`), and
+    the gradient DeepSpeed applies (to the trained parameters)."""
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
@@ -59,8 +59,11 @@ class _SPRecorder(LongAlignSFTTrainer):
         if batches:
             model = self.accelerator.unwrap_model(self.model)
             self.step_weights.append(_full_state_dict(model))
-            self.step_slices.append([(b["input_ids"][0].tolist(), b["position_ids"][0].tolist()) for b in batches])
+            self.record_step(batches)
         return batches, num_items
+
+    def record_step(self, batches: list[dict]) -> None:
+        self.step_slices.append([(b["input_ids"][0].tolist(), b["position_ids"][0].tolist()) for b in batches])
 
     def _capture_step_gradients(self, engine) -> None:
         from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
@@ -73,9 +76,10 @@ class _SPRecorder(LongAlignSFTTrainer):
 
         def step_and_capture(*args, **kwargs):
             # After the backward of the last micro-step, DeepSpeed has reduced the gradients; `step` applies them.
-            self.step_grads.append(
-                {name: safe_get_full_grad(p).detach().clone() for name, p in engine.module.named_parameters()}
-            )
+            self.step_grads.append({
+                name: safe_get_full_grad(p).detach().clone()
+                for name, p in engine.module.named_parameters() if p.requires_grad
+            })  # fmt: skip
             return step(*args, **kwargs)
 
         engine.step = step_and_capture

@@ -4,7 +4,8 @@ Launched as `DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/sp_resume_chec
 for every case, `LongAlignSFTTrainer` trains on the 11 samples `run_config` selects (5 packs) for `max_steps` optimizer
 steps over two epochs, saving a checkpoint at `save_steps`, then a new trainer resumes from that checkpoint to
 `max_steps`. A case runs under `ParallelismConfig(sp_size=2, sp_backend="deepspeed")` (dp 1: the real DeepSpeed engine
-and Ulysses attention over gloo), or as plain DDP with `"sp_size": 1`. Rank 0 writes, for each of the two runs, every
+and Ulysses attention over gloo), or with `"sp_size": 1` as plain DDP, or under DeepSpeed without SP when it also gives
+`zero` (its `zero_optimization`; `tests/ds_check.py` runs those). Rank 0 writes, for each of the two runs, every
 optimizer step's rows (rebuilt from the SP group's slices), the losses and token counts logged, `max_steps` and the
 final weights.
 
@@ -55,23 +56,27 @@ class _RowRecorder(LongAlignSFTTrainer):
         return batches, num_items
 
 
+def _deepspeed_config(case: dict) -> dict | None:
+    """The case's DeepSpeed config: `zero` (its `zero_optimization`) or `zero_stage`; None for plain DDP."""
+    zero = case.get("zero", {"stage": case["zero_stage"]} if "zero_stage" in case else None)
+    if zero is None:
+        return None
+    return {
+        "zero_optimization": zero, "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto", "gradient_clipping": "auto",
+    }  # fmt: skip
+
+
 def _train(case: dict, output_dir: str, resume_from: str | None = None) -> dict:
     sp_size = case.get("sp_size", 2)
-    if sp_size == 1:  # plain DDP over the 2 processes
-        args, dataset = run_config(case, output_dir, use_cpu=True)
-    else:
-        args, dataset = run_config(
-            case, output_dir,
-            deepspeed={
-                "zero_optimization": {"stage": case["zero_stage"]},
-                "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-                "train_batch_size": "auto", "gradient_clipping": "auto",
-            },
-            parallelism_config=ParallelismConfig(
-                sp_size=sp_size, sp_backend="deepspeed",
-                sp_handler=DeepSpeedSequenceParallelConfig(sp_attn_implementation="sdpa"),
-            ),
+    deepspeed = _deepspeed_config(case)
+    overrides = {"deepspeed": deepspeed} if deepspeed else {"use_cpu": True}  # DDP over the 2 processes
+    if sp_size > 1:
+        overrides["parallelism_config"] = ParallelismConfig(
+            sp_size=sp_size, sp_backend="deepspeed",
+            sp_handler=DeepSpeedSequenceParallelConfig(sp_attn_implementation="sdpa"),
         )  # fmt: skip
+    args, dataset = run_config(case, output_dir, **overrides)
     tokenizer = build_byte_tokenizer()
     model = build_tiny_model(tokenizer, seed=0, max_position_embeddings=MAX_LENGTH)
     model.config._attn_implementation = "sdpa"
@@ -95,11 +100,14 @@ def _train(case: dict, output_dir: str, resume_from: str | None = None) -> dict:
 def _reset(case: dict) -> None:
     """Put back what a run changed in this process, for the next run to start as in a fresh one."""
     from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     if case.get("sp_size", 2) > 1:
         _reset_sequence_parallel()
-    # Accelerate keeps how the processes were set up (DDP or DeepSpeed) for the rest of the process.
+    # Accelerate keeps how the processes were set up (DDP or DeepSpeed) for the rest of the process; transformers
+    # keeps the DeepSpeed config (after ZeRO-3 the next models would be built partitioned).
     AcceleratorState._reset_state(reset_partial_state=True)
+    unset_hf_deepspeed_config()
 
 
 def run_case(case: dict, output_dir: str) -> dict:

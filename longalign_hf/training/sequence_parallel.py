@@ -15,11 +15,11 @@ What LongAlign adds, and why:
   the gathered, restarting position ids instead. Plain `sdpa` would not (with no mask it is causal over the whole
   row, so packed samples would attend to each other), so it is replaced by `sdpa_packed` / `varlen_packed`.
 - Each rank's loss is its tokens' share of the step's objective, scaled by what DeepSpeed divides the summed gradient
-  by (`gradient_divisor`: the data-parallel replicas, or every rank under ZeRO-3's reduce-scatter); DeepSpeed settings
-  under which that divisor differs between parameters, or is not followed here, are refused before training
-  (`check_gradient_reduction`). An MoE model's router loss of a step is the mean, over every rank's slice of every
-  micro-step's row, of the slice's router loss (the loss over the tokens that rank's routers see): each rank's is
-  scaled by that divisor over the number of processes.
+  by (`deepspeed_checks.gradient_divisor`: the data-parallel replicas, or every rank under ZeRO-3's reduce-scatter);
+  DeepSpeed settings under which that divisor differs between parameters, or is not followed here, are refused before
+  training (`deepspeed_checks.check_gradient_reduction`, shared with DeepSpeed runs without SP). An MoE model's router
+  loss of a step is the mean, over every rank's slice of every micro-step's row, of the slice's router loss (the loss
+  over the tokens that rank's routers see): each rank's is scaled by that divisor over the number of processes.
 - Rows are padded to `max_length` (`SequenceParallelCollator`), and evaluation runs whole rows without Ulysses
   (`restore_kv_head_groups` undoes what DeepSpeed leaves on the attention modules).
 """
@@ -34,6 +34,7 @@ import torch
 
 from longalign_hf.data.chat import IGNORE_INDEX
 from longalign_hf.training.collator import LOSS_NUM_TARGETS, LOSS_SAMPLE_FEATURES, LOSS_SAMPLE_IDS
+from longalign_hf.training.deepspeed_checks import check_gradient_reduction
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def check_sequence_parallel(args, parallelism_config, num_processes: int, deepsp
             "aborts, NCCL hangs). Remove it (the default, `true`, evaluates whole rows on each GPU, exactly)."
         )
     _check_process_layout(num_processes, sp_size, parallelism_config.data_parallel_size)
-    check_gradient_reduction(deepspeed_config)
+    check_gradient_reduction(deepspeed_config, sp_size)
 
 
 def _check_process_layout(num_processes: int, sp_size: int, data_parallel: int) -> None:
@@ -228,69 +229,3 @@ def restore_kv_head_groups(model) -> None:
     for module in model.modules():
         if hasattr(module, "num_key_value_groups"):
             module.num_key_value_groups = groups
-
-
-def check_gradient_reduction(deepspeed_config: dict) -> None:
-    """Refuse the DeepSpeed settings under which `gradient_divisor` is not what DeepSpeed divides every gradient by.
-
-    Under Ulysses SP, DeepSpeed 0.19.8 sums each gradient over all ranks (the SP ranks hold different tokens of the
-    same rows) and divides the sum by (read in its source; tests/sp_check.py checks each path against a per-sample
-    reference):
-    - ZeRO 0 (the engine's all-reduce), ZeRO-1 and ZeRO-2 (reduce-scatter or all-reduce, contiguous gradients or not,
-      any `reduce_bucket_size`, `overlap_comm`, `round_robin_gradients`): the data-parallel replicas, world / sp_size;
-    - ZeRO-3 with its reduce-scatter (the default): every rank (`reduce_scatter_coalesced`);
-    - ZeRO-3 with `reduce_scatter: false`: world / sp_size for a bucket that goes through the contiguous all-reduce,
-      but world for the others (`contiguous_gradients: false`, or one parameter larger than `reduce_bucket_size`), so
-      parameters get different divisors and no loss scale is exact: refused, as is every setting below, whose path
-      is not followed here.
-    """
-    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-
-    given = deepspeed_config.get("zero_optimization") or {}
-    keys = ("stage", "reduce_scatter", "zero_quantized_gradients", "zero_hpz_partition_size")
-    # DeepSpeed's own parsing (it reads "false" as False); "auto" is transformers' to fill, and none of these is.
-    zero = DeepSpeedZeroConfig(**{key: given[key] for key in keys if key in given and given[key] != "auto"})
-    refused = []
-    if zero.stage == 3 and not zero.reduce_scatter:
-        refused.append(
-            "ZeRO-3 with `reduce_scatter: false` divides a gradient by the data-parallel size when its bucket goes "
-            "through the contiguous all-reduce, and by the number of processes otherwise (`contiguous_gradients: "
-            "false`, or a parameter larger than `reduce_bucket_size`, as an 8B model's embeddings and MLP matrices "
-            "are under transformers' 'auto' of hidden_size^2), so no one loss scale is exact: remove "
-            "`reduce_scatter: false` (the default reduce-scatter divides every gradient by the number of processes)"
-        )
-    if float(deepspeed_config.get("gradient_predivide_factor", 1.0)) != 1.0:
-        refused.append(
-            "`gradient_predivide_factor` changes the divisor on some reduction paths and not others (set to the "
-            "number of processes, it makes ZeRO-1/2's all-reduce divide by that instead of the data-parallel size): "
-            "set it to 1.0"
-        )
-    if deepspeed_config.get("prescale_gradients", False):
-        refused.append("`prescale_gradients: true` (DeepSpeed refuses it with ZeRO-2/3's reduce-scatter): remove it")
-    if deepspeed_config.get("gradient_allreduce_op", "mean") != "mean":
-        refused.append("`gradient_allreduce_op` other than 'mean' (the loss is scaled for a mean): remove it")
-    if zero.zero_quantized_gradients:
-        refused.append("`zero_quantized_gradients` (quantized, so not exact): remove it")
-    if zero.zero_hpz_partition_size > 1:
-        refused.append("`zero_hpz_partition_size` above 1 (hpZ's reduction is not followed here): set it to 1")
-    if given.get("zenflow"):
-        refused.append("ZenFlow (`zenflow`), which reduces gradients on its own path: remove it")
-    if (deepspeed_config.get("compile") or {}).get("deepcompile"):
-        refused.append("DeepCompile, which reduces gradients inside its compiled graph: remove `compile.deepcompile`")
-    if refused:
-        raise ValueError(
-            "under sequence parallelism the loss is scaled for what DeepSpeed divides the summed gradient by, which "
-            "these DeepSpeed settings make wrong: " + "; ".join(refused) + "."
-        )
-
-
-def gradient_divisor(engine, num_processes: int, sp_size: int) -> int:
-    """What DeepSpeed divides the gradient summed over all ranks by, under Ulysses SP, for the settings
-    `check_gradient_reduction` accepts: every rank under ZeRO-3 (its reduce-scatter), the data-parallel replicas
-    (world / sp_size) under ZeRO 0-2. Each rank's loss is scaled by it so that the applied gradient is the objective's.
-    """
-    if engine.zero_optimization_stage() == 3:
-        if not engine.zero_reduce_scatter():
-            raise RuntimeError("ZeRO-3 without reduce-scatter under SP should have been refused before training")
-        return num_processes
-    return num_processes // sp_size

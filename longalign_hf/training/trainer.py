@@ -6,7 +6,6 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import datasets
 import torch
@@ -22,9 +21,10 @@ from longalign_hf.training.collator import (
     LongAlignDataCollator,
 )
 from longalign_hf.training.config import LongAlignConfig
-from longalign_hf.training.engines import describe_engine, full_model_on_save, requested_engine
+from longalign_hf.training.deepspeed_checks import check_deepspeed, gradient_divisor
+from longalign_hf.training.engines import describe_engine, requested_engine
 from longalign_hf.training.loss import ROW_TERMS, row_loss_terms, weighted_nll_sum
-from longalign_hf.training.model_card import collect_training_facts, data_statistics, training_card, write_card
+from longalign_hf.training.model_card import data_statistics
 from longalign_hf.training.packed_dataset import column_array
 from longalign_hf.training.preparation import (
     apply_template_settings,
@@ -34,12 +34,12 @@ from longalign_hf.training.preparation import (
     tokenize_eval,
 )
 from longalign_hf.training.sampler import SortedBatchSampler
+from longalign_hf.training.saving import SavingHooks
 from longalign_hf.training.sequence_parallel import (
     LOSS_SAMPLE_STARTS,
     LOSS_SHIFT_NUM_TARGETS,
     SequenceParallelCollator,
     check_sequence_parallel,
-    gradient_divisor,
     restore_kv_head_groups,
     sequence_parallel_size,
     weighted_nll_sum_per_token,
@@ -50,7 +50,7 @@ from longalign_hf.training.trained_tokens import trained_tokens
 logger = logging.getLogger(__name__)
 
 
-class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
+class LongAlignSFTTrainer(TrainLoaderHooks, SavingHooks, SFTTrainer):
     r"""
     [`trl.SFTTrainer`] with LongAlign batching (naive, sorted, packed) and loss weighting, exact on any number of
     devices and gradient-accumulation steps.
@@ -96,6 +96,7 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
             )
         refuse_unsupported_arguments(kwargs)
         check_parallelism(getattr(args, "parallelism_config", None))
+        check_deepspeed(args, kwargs.get("optimizers"), kwargs.get("optimizer_cls_and_kwargs"))
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(name, trust_remote_code=args.trust_remote_code)
         model = apply_template_settings(model, processing_class, args)
@@ -274,7 +275,8 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
         )
         if self.model.training and self._step_totals is not None:
             num_samples, num_tokens = self._step_totals
-            # DDP, FSDP and DeepSpeed average gradients over processes; the global sum needs the factor back.
+            # DDP, FSDP and DeepSpeed (the settings `check_deepspeed` accepts) average gradients over processes; the
+            # global sum needs the factor back.
             scale = self.accelerator.num_processes
         else:
             num_samples, num_tokens, scale = (num_targets > 0).sum(), num_targets.sum(), 1
@@ -374,34 +376,6 @@ class LongAlignSFTTrainer(TrainLoaderHooks, SFTTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, str):
             eval_dataset = self._pack_eval(tokenize_eval(eval_dataset, self.processing_class, self.args))
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-
-    # ---- model card -------------------------------------------------------------------------------------------
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Trainer's `save_model`, then the LongAlign model card (`README.md`) next to the weights."""
-        with full_model_on_save(self, output_dir, _internal_call):  # one loadable folder, also from sharded FSDP
-            super().save_model(output_dir, _internal_call)
-        self._write_model_card(output_dir or self.args.output_dir)
-
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None) -> None:  # fmt: skip
-        """Write the LongAlign model card to `args.output_dir` in place of TRL's (`push_to_hub` and TRL's
-        checkpoints call this before they upload); `dataset_name` and `tags` are added to the card's."""
-        if dataset_name and dataset_name not in self._dataset_names:
-            self._dataset_names.append(dataset_name)
-        self._write_model_card(self.args.output_dir, model_name, [tags] if isinstance(tags, str) else tags)
-
-    def _write_model_card(self, folder: str, model_name: str | None = None, tags: list[str] | None = None) -> None:
-        if not self.args.should_save:
-            return  # the processes that save weights write the card; the others have nothing to write
-        if model_name is None:
-            model_name = (self.args.hub_model_id or Path(self.args.output_dir).resolve().name).split("/")[-1]
-        tags = [*self._tag_names, "long-context", *(tags or []), *(getattr(self.model, "model_tags", None) or [])]
-        facts = collect_training_facts(
-            self, model_name, self._dataset_names, self._data_statistics, self._packing_statistics, tags
-        )
-        path = write_card(folder, training_card(facts))
-        logger.info("Model card written to %s", path)
 
     def predict(self, *args, **kwargs):
         raise NotImplementedError(
