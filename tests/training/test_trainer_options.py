@@ -103,12 +103,13 @@ def test_the_callers_config_is_not_changed(tokenizer, tmp_path):
 
 
 def test_data_is_prepared_on_the_main_process_first(tokenizer, tmp_path, monkeypatch):
-    # The other processes wait at the barrier until the main one has tokenized (and written the `datasets` cache).
+    # The other processes wait at the barriers until the main one has tokenized (and written the `datasets` cache):
+    # the main process of the whole run first, then the main process of each machine (a cache per machine).
     events = []
     original = LongAlignConfig.main_process_first
 
     def recording(self, *args, **kwargs):
-        events.append("enter")
+        events.append(f"enter local={kwargs.get('local', True)}")
         return original(self, *args, **kwargs)
 
     import longalign_hf.training.preparation as preparation_module
@@ -122,7 +123,7 @@ def test_data_is_prepared_on_the_main_process_first(tokenizer, tmp_path, monkeyp
     monkeypatch.setattr(LongAlignConfig, "main_process_first", recording)
     monkeypatch.setattr(preparation_module, "prepare_sft_dataset", recording_prepare)
     _trainer(tokenizer, _config(tmp_path), rows=CHAT)
-    assert events[:2] == ["enter", "tokenize"]
+    assert events[:3] == ["enter local=False", "enter local=True", "tokenize"]
 
 
 def test_a_chat_template_file_is_applied_before_tokenizing(tokenizer, tmp_path):
