@@ -15,7 +15,8 @@ def test_data_pipeline_quick(benchmark, capsys):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_throughput_quick(benchmark, capsys):
-    # Two processes only: the single-process path is the recipe's own, which test_recipe.py runs.
+    # Two processes only: the single-process path is the recipe's own, which test_recipe.py runs. `--quick` trains
+    # the four modes in one launch, one after another.
     results = benchmark("throughput").main(["--quick", "--processes", "2"])
     out = capsys.readouterr().out
     assert "| mode | processes | samples | seconds | samples/s | tokens/s | vs naive | target | status |" in out
