@@ -1,10 +1,25 @@
 import importlib
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
+
+
+def pytest_configure(config):
+    if "OMP_NUM_THREADS" not in os.environ:
+        # One thread per process (this one and those the tests start): the tests' tensors are tiny, and on a busy
+        # 2-core machine a second OpenMP thread spin-waits for a core (4x the CPU time of the training tests).
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+    # DeepSpeed builds its CPU ops (`deepspeed_shm_comm`: minutes) into a cache shared by every environment, with the
+    # `ninja` on PATH; a `ninja` of another version reads the cache as stale and builds again. Use this environment's.
+    bin_dir = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(bin_dir, "ninja")):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
 def pytest_collection_modifyitems(config, items):
