@@ -3,13 +3,20 @@ import os
 import sys
 from pathlib import Path
 
+import background
 import pytest
 import torch
 
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 
+BACKGROUND: dict[str, background.BackgroundRun] = {}  # by test id
+
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "background(command=...): command(folder) runs alongside the session; the test runs last (background.py)",
+    )
     if "OMP_NUM_THREADS" not in os.environ:
         # One thread per process (this one and those the tests start): the tests' tensors are tiny, and on a busy
         # 2-core machine a second OpenMP thread spin-waits for a core (4x the CPU time of the training tests).
@@ -22,11 +29,34 @@ def pytest_configure(config):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
+@pytest.hookimpl(trylast=True)  # after `-k` / `-m` deselected what they do
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+    # Tests whose command runs in the background go last: by then it has run alongside the others.
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        marker = item.get_closest_marker("background")
+        if marker is not None:
+            BACKGROUND[item.nodeid] = background.start(marker.kwargs["command"])
+
+
+def pytest_sessionfinish(session):
+    for run in BACKGROUND.values():
+        background.finish(run)
+
+
+@pytest.fixture
+def background_run(request) -> background.BackgroundRun:
+    """The command of this test's `background` marker, started when the session started."""
+    return BACKGROUND[request.node.nodeid]
 
 
 BENCHMARK_DIR = Path(__file__).resolve().parents[1] / "benchmark"
