@@ -2,9 +2,9 @@
 
 A long one-process command (the GPU check's dry run: a minute of one CPU core) leaves the second core of a 2-core
 machine idle while it runs. Such a test gives its command to the marker: `command(folder)` builds the argv, with
-`folder` a new folder of its own. The command starts when collection ends, the test is moved to the end of the run, and
-by the time it runs, the command has run alongside the other tests; the test waits for it with `wait()` and checks
-what it left in `folder`.
+`folder` a new folder of its own. The command starts where the test was in the run (before the next test), the test
+is moved to the end of the run, and by the time it runs, the command has run alongside the tests in between (mostly
+one-process tests, when the next ones are); the test waits for it with `wait()` and checks what it left in `folder`.
 """
 
 from __future__ import annotations

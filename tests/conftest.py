@@ -9,13 +9,14 @@ import torch
 
 from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 
-BACKGROUND: dict[str, background.BackgroundRun] = {}  # by test id
+BACKGROUND: dict[str, background.BackgroundRun] = {}  # by test id, once started
+START_BEFORE: dict[str, list[pytest.Item]] = {}  # test id -> the background tests whose command starts before it
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "background(command=...): command(folder) runs alongside the session; the test runs last (background.py)",
+        "background(command=...): command(folder) runs alongside the tests after it; the test runs last (background.py)",
     )
     if "OMP_NUM_THREADS" not in os.environ:
         # One thread per process (this one and those the tests start): the tests' tensors are tiny, and on a busy
@@ -35,17 +36,25 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
-    # Tests whose command runs in the background go last: by then it has run alongside the others.
+    # A background test's command starts where the test was, before the next test that is not one; the test goes
+    # last, by when its command has run alongside the tests in between.
+    waiting = []
+    for item in items:
+        if item.get_closest_marker("background") is not None:
+            waiting.append(item)
+        elif waiting:
+            START_BEFORE[item.nodeid], waiting = waiting, []
     items.sort(key=lambda item: item.get_closest_marker("background") is not None)
 
 
-def pytest_collection_finish(session):
-    if session.config.option.collectonly:
-        return
-    for item in session.items:
-        marker = item.get_closest_marker("background")
-        if marker is not None:
-            BACKGROUND[item.nodeid] = background.start(marker.kwargs["command"])
+def _start(item: pytest.Item) -> None:
+    BACKGROUND[item.nodeid] = background.start(item.get_closest_marker("background").kwargs["command"])
+
+
+@pytest.hookimpl(tryfirst=True)  # before a skip marker ends the setup
+def pytest_runtest_setup(item):
+    for waiting in START_BEFORE.pop(item.nodeid, []):
+        _start(waiting)
 
 
 def pytest_sessionfinish(session):
@@ -55,7 +64,9 @@ def pytest_sessionfinish(session):
 
 @pytest.fixture
 def background_run(request) -> background.BackgroundRun:
-    """The command of this test's `background` marker, started when the session started."""
+    """The command of this test's `background` marker, running or done (started now if no test came after it)."""
+    if request.node.nodeid not in BACKGROUND:
+        _start(request.node)
     return BACKGROUND[request.node.nodeid]
 
 
