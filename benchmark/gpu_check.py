@@ -28,8 +28,9 @@ torch version and commands; also printed at the end), `<step>.log` per step (its
 libraries offline. `--steps throughput,loss_memory` reruns some steps (setup always runs).
 
 Without a CUDA device it stops after setup, says so and exits 0. `--dry-run` runs every step on the CPU with tiny
-sizes instead (the same commands with `--device cpu --quick`; the test suite runs it): the GPU tests skip there, and
-the wheels, if `.whl/` has them, install into the temporary folder but are not used (they are built for Python 3.12).
+sizes instead (the same commands with `--device cpu --quick`, loss_memory's measurements two at a time; the test
+suite runs it): the GPU tests skip there, and the wheels, if `.whl/` has them, install into the temporary folder but
+are not used (they are built for Python 3.12).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     def longest_row(left: float) -> list[list[str]]:
         return [[PYTHON, "benchmark/longest_row.py", *cpu, "--time-budget", f"{left - 15:.0f}"]]
 
-    loss = ["--quick"] if dry else ["--device", "cuda", "--tokens", "8192,32768"]
+    loss = ["--quick", "--jobs", "2"] if dry else ["--device", "cuda", "--tokens", "8192,32768"]
     return [
         Step("setup", 40, lambda left: ([install] if wheels else []) + [environment]),
         Step("tests", 110, lambda left: [tests]),

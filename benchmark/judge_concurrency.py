@@ -6,7 +6,7 @@ longbench-chat` use. With 50 cases and 1 s per reply, concurrency 8 needs ceil(5
 against about 50 s one at a time.
 
     python benchmark/judge_concurrency.py           # 50 cases, 1 s per reply, concurrency 8 then 1 (~1 min)
-    python benchmark/judge_concurrency.py --quick   # 16 cases, 0.1 s per reply (~2 s, a smoke test)
+    python benchmark/judge_concurrency.py --quick   # 16 cases, 0.5 s per reply (~10 s, a smoke test)
 """
 
 from __future__ import annotations
@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cases", type=int, default=50, help="answers to judge (default: 50, the benchmark's size)")
     parser.add_argument("--delay", type=float, default=1.0, help="seconds the judge takes per reply (default: 1)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 1], help="levels to time (default: 8 1)")
-    parser.add_argument("--quick", action="store_true", help="16 cases at 0.1 s per reply")
+    parser.add_argument("--quick", action="store_true", help="16 cases at 0.5 s per reply")
     args = parser.parse_args(argv)
     if args.quick:
-        args.cases, args.delay = 16, 0.1
+        # Replies slow enough that every request of a round is in flight before the first reply, even on a busy
+        # machine (at 0.1 s a round's eighth request could come after its first reply: 7 in flight).
+        args.cases, args.delay = 16, 0.5
 
     print(f"Judging {args.cases} answers, {args.delay:g} s per judge reply")
     print("| concurrency | wall time | ideal ceil(cases / concurrency) * delay | peak requests in flight |")

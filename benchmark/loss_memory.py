@@ -10,7 +10,8 @@ On the CPU (default) each measurement runs in a fresh process and reports its pe
 above the memory held once the inputs exist, in fp32 with a tiny hidden size: it counts the loss's own tensors.
 Full logits at 32k+ tokens and a 128k vocabulary need tens of GiB: sizes whose estimate does not fit in
 `--memory-limit-gib` are not run, and the table extrapolates them linearly in tokens from the largest size that ran
-(marked `~`).
+(marked `~`). `--jobs N` runs N measurements at a time (each still in its own process, with its own peak; their
+memory adds up, so keep the default 1 for sizes near the limit).
 
 `--device cuda` measures on the GPU what training allocates there: bf16 hidden states and head of Llama-3-8B's
 hidden size (4096), the peak of `torch.cuda.max_memory_allocated` above the inputs, in one process (the peak
@@ -20,15 +21,18 @@ skipped one. Without a CUDA device it prints that it skipped and exits 0.
     python benchmark/loss_memory.py                  # 4k / 8k / 32k / 64k tokens, 128k vocabulary, hidden size 64
     python benchmark/loss_memory.py --device cuda    # the same on the GPU: bf16, hidden size 4096
     python benchmark/loss_memory.py --quick          # a smoke test (small sizes)
+    python benchmark/loss_memory.py --quick --jobs 2 # the same, two measurements at a time
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import resource
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 from _lengths import print_header, print_table, rss_bytes
 
@@ -97,23 +101,36 @@ def _full_logits_estimate(tokens: int, vocab: int, device: str = "cpu") -> int:
     return (2 * 2 + 3 * 4 if device == "cuda" else 4 * 4) * tokens * vocab
 
 
-def run(token_counts: list[int], vocab: int, hidden: int, memory_limit_gib: float, device: str = "cpu") -> list[dict]:
-    results = []
-    for tokens in token_counts:
-        row = {"tokens": tokens, "full_oom": False}
+def _measure_in_a_process(path: str, tokens: int, vocab: int, hidden: int) -> int:
+    """`_measure` on the CPU in a fresh process, whose peak resident memory is the measurement's alone."""
+    command = [sys.executable, __file__, "--worker", path, str(tokens), str(vocab), str(hidden)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])["peak_bytes"]
+
+
+def run(
+    token_counts: list[int], vocab: int, hidden: int, memory_limit_gib: float, device: str = "cpu", jobs: int = 1
+) -> list[dict]:
+    results = [{"tokens": tokens, "full_oom": False} for tokens in token_counts]
+    measurements = []  # (row, path), in the order they run
+    for row in results:
         for path in ("chunked", "full"):
-            if path == "full" and _full_logits_estimate(tokens, vocab, device) > memory_limit_gib * 2**30:
+            if path == "full" and _full_logits_estimate(row["tokens"], vocab, device) > memory_limit_gib * 2**30:
                 row[path], row[f"{path}_measured"] = None, False
-                continue
-            if device == "cuda":
-                row[path] = _measure_cuda(path, tokens, vocab, hidden)
-                row["full_oom"] |= path == "full" and row[path] is None
             else:
-                command = [sys.executable, __file__, "--worker", path, str(tokens), str(vocab), str(hidden)]
-                output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-                row[path] = json.loads(output.strip().splitlines()[-1])["peak_bytes"]
-            row[f"{path}_measured"] = row[path] is not None
-        results.append(row)
+                measurements.append((row, path))
+    if device == "cuda":
+        for row, path in measurements:
+            row[path] = _measure_cuda(path, row["tokens"], vocab, hidden)
+            row["full_oom"] |= path == "full" and row[path] is None
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            peaks = list(pool.map(lambda item: _measure_in_a_process(item[1], item[0]["tokens"], vocab, hidden),
+                                  measurements))  # fmt: skip
+        for (row, path), peak in zip(measurements, peaks):
+            row[path] = peak
+    for row, path in measurements:
+        row[f"{path}_measured"] = row[path] is not None
     measured = [row for row in results if row["full_measured"]]
     for row in results:
         if not row["full_measured"] and measured:
@@ -136,6 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "its memory)"
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    parser.add_argument("--jobs", type=int, default=1, help="measurements at a time on the CPU (default 1)")
     parser.add_argument("--worker", nargs=4, metavar=("PATH", "TOKENS", "VOCAB", "HIDDEN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -143,12 +161,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps({"peak_bytes": _measure(path, int(tokens), int(vocab), int(hidden))}))
         return []
     print_header("benchmark/loss_memory.py", sys.argv[1:] if argv is None else argv)
-    import torch
-
     cuda = args.device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        print("No CUDA device: skipped (`--device cuda` needs a GPU; without it the loss is measured on the CPU).")
-        return []
+    if cuda:  # on the CPU, only the measuring processes need torch
+        import torch
+
+        if not torch.cuda.is_available():
+            print("No CUDA device: skipped (`--device cuda` needs a GPU; without it the loss is measured on the CPU).")
+            return []
     if args.quick:
         args.tokens, args.vocab = "256,1024", 8192
     if args.hidden is None:
@@ -156,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.memory_limit_gib is None:
         args.memory_limit_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else 10.0
     token_counts = [int(value) for value in args.tokens.split(",")]
-    results = run(token_counts, args.vocab, args.hidden, args.memory_limit_gib, args.device)
+    results = run(token_counts, args.vocab, args.hidden, args.memory_limit_gib, args.device, args.jobs)
     rows = []
     for row in results:
         full = "-" if row["full"] is None else f"{'' if row['full_measured'] else '~'}{row['full'] / 2**30:.2f}"
@@ -171,7 +190,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     where = (
         f"{torch.cuda.get_device_name()}, torch {torch.__version__}, bf16"
         if cuda
-        else f"CPU, torch {torch.__version__}, fp32"
+        else f"CPU, torch {importlib.metadata.version('torch')}, fp32"
     )
     print(
         f"\nLoss forward + backward, vocabulary {args.vocab:,}, hidden size {args.hidden}, {where} (GiB of peak "

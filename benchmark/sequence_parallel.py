@@ -15,6 +15,9 @@ row (TRL's fused LM head allocates 4096 x 32768 fp32 tiles whatever the vocabula
 shared-memory collectives, allocator caching); on a GPU, `torch.cuda.max_memory_allocated` above the allocation
 before training. Step time: the median of the steps after the first (each process runs one thread).
 
+Measurements run one at a time; `--jobs N` runs N at once (each in processes of its own, so the memory columns hold,
+but the step times then share the CPU: for a smoke test).
+
     python benchmark/sequence_parallel.py --steps 2            # 16k / 32k / 64k tokens, sp_size 1 and 2, on the CPU
     python benchmark/sequence_parallel.py --quick              # a smoke test (2k tokens)
 """
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from _lengths import free_port, print_header, rss_bytes
 
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         help="recompute each layer in the backward, as the recipes do (default off: every activation is kept, so the "
         "activation column is the whole forward's)",
     )  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, help="measurements at once (default 1: step times hold)")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.worker:
@@ -203,19 +208,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     results = []
-    for length in options.lengths:
-        base = None
-        for sp_size in options.sp_sizes:
-            measured = _measure(length, sp_size, options.steps, checkpointing)
-            base = measured if sp_size == 1 else base
-
-            saved, peak = (_cell(measured, base, key) for key in ("saved_bytes", "peak_bytes"))
-            print(
-                f"| {length:,} | {sp_size} | {length // sp_size:,} | {saved} | {peak} "
-                f"| {measured['step_seconds']:.2f} |",
-                flush=True,
-            )
-            results.append({"length": length, "sp_size": sp_size, **measured})
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        for length in options.lengths:
+            base = None
+            sizes = options.sp_sizes
+            # Each row is printed as soon as it and the rows above it are measured.
+            measurements = pool.map(_measure, [length] * len(sizes), sizes, [options.steps] * len(sizes),
+                                    [checkpointing] * len(sizes))  # fmt: skip
+            for sp_size, measured in zip(options.sp_sizes, measurements):
+                base = measured if sp_size == 1 else base
+                saved, peak = (_cell(measured, base, key) for key in ("saved_bytes", "peak_bytes"))
+                print(
+                    f"| {length:,} | {sp_size} | {length // sp_size:,} | {saved} | {peak} "
+                    f"| {measured['step_seconds']:.2f} |",
+                    flush=True,
+                )
+                results.append({"length": length, "sp_size": sp_size, **measured})
     if options.json:
         with open(options.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -6,7 +6,9 @@ of unbalanced batches is real). Naive and sorted batching give each device one s
 packing gives each device one pack. Throughput counts real tokens (no padding) and samples per second of training
 (`train_runtime`); the ratio is each mode's samples/s over naive batching's on the same number of processes.
 The machine is noisy, so every mode runs `--repeats` times, interleaved (repeat 1 of every mode, then repeat 2, ...),
-and the table reports the median time with the spread.
+and the table reports the median time with the spread. Every run of a mode has processes of its own; `--quick` (a
+smoke test, whose seconds mean nothing) trains the modes one after another in the same processes, one launch per
+process count, as process start-up is most of its time.
 
     python benchmark/throughput.py            # the full embedded default data (280 samples), 3 repeats
     python benchmark/throughput.py --quick    # a smoke test (small data, 1 repeat)
@@ -36,7 +38,8 @@ MODES = {
 TARGET_PACK_OVER_NAIVE = 2.0
 
 
-def _worker(out_path: str, recipe_args: list[str]):
+def _worker(out_path: str, modes: list[str], data_args: list[str]) -> list:
+    """Train `modes` in turn in this process (one rank of a launch); the main process writes their figures."""
     import torch
 
     torch.set_num_threads(1)
@@ -44,41 +47,54 @@ def _worker(out_path: str, recipe_args: list[str]):
     recipe = importlib.util.module_from_spec(spec)
     sys.modules["sft_recipe"] = recipe
     spec.loader.exec_module(recipe)
-    trainer = recipe.main(*recipe.parse_args(recipe_args))
-    dataset = trainer.train_dataset
-    samples = sum(dataset["num_samples"]) if "num_samples" in dataset.column_names else len(dataset)
-    runtime = next(entry["train_runtime"] for entry in trainer.state.log_history if "train_runtime" in entry)
-    if trainer.accelerator.is_main_process:
+    trainers, results = [], {}
+    for index, mode in enumerate(modes):
+        output_dir = os.path.join(os.path.dirname(out_path), f"model-{index}")
+        trainer = recipe.main(*recipe.parse_args([*MODES[mode], *data_args, "--output_dir", output_dir]))
+        trainers.append(trainer)  # each one lives until the process ends (see `run_then_exit`)
+        dataset = trainer.train_dataset
+        samples = sum(dataset["num_samples"]) if "num_samples" in dataset.column_names else len(dataset)
+        runtime = next(entry["train_runtime"] for entry in trainer.state.log_history if "train_runtime" in entry)
+        results[mode] = {"samples": samples, "tokens": int(sum(dataset["length"])), "runtime": runtime}
+    if trainers[-1].accelerator.is_main_process:
         with open(out_path, "w") as handle:
-            json.dump({"samples": samples, "tokens": int(sum(dataset["length"])), "runtime": runtime}, handle)
-    return trainer
+            json.dump(results, handle)
+    return trainers
 
 
-def _train_once(mode: str, num_processes: int, data_args: list[str], env: dict[str, str]) -> dict:
+def _train(modes: list[str], num_processes: int, data_args: list[str], env: dict[str, str]) -> dict[str, dict]:
+    """One launch on `num_processes` processes that trains `modes` in turn: each mode's samples, tokens and runtime."""
     with tempfile.TemporaryDirectory() as tmp:
         out_path = os.path.join(tmp, "result.json")
-        recipe_args = [*MODES[mode], *data_args, "--output_dir", os.path.join(tmp, "model")]
         launcher = [sys.executable]
         if num_processes > 1:
             launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                         str(num_processes), "--mixed_precision", "no", "--dynamo_backend", "no",
                         "--main_process_port", str(free_port())]  # fmt: skip
-        command = [*launcher, __file__, "--worker", out_path, "--", *recipe_args]
+        command = [*launcher, __file__, "--worker", out_path, ",".join(modes), "--", *data_args]
         completed = run_with_deadline(command, timeout=3600, env=env)
         if completed.returncode != 0:
-            raise RuntimeError(f"{mode} on {num_processes} process(es) failed:\n{completed.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{', '.join(modes)} on {num_processes} process(es) failed:\n{completed.stderr[-3000:]}"
+            )
         with open(out_path) as handle:
             return json.load(handle)
 
 
-def run(processes: list[int], data_args: list[str], repeats: int = 1) -> list[dict]:
-    """Train every mode on every process count `repeats` times, interleaved; one result per (mode, processes)."""
+def run(processes: list[int], data_args: list[str], repeats: int = 1, one_launch: bool = False) -> list[dict]:
+    """Train every mode on every process count `repeats` times, interleaved; one result per (mode, processes).
+
+    Each run of a mode gets a launch of its own, unless `one_launch` (a smoke test): then one launch per process count
+    trains every mode in turn.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    groups = [list(MODES)] if one_launch else [[mode] for mode in MODES]
     runs: dict[tuple[str, int], list[dict]] = {}
     for _ in range(repeats):
         for num_processes in processes:
-            for mode in MODES:
-                runs.setdefault((mode, num_processes), []).append(_train_once(mode, num_processes, data_args, env))
+            for modes in groups:
+                for mode, trial in _train(modes, num_processes, data_args, env).items():
+                    runs.setdefault((mode, num_processes), []).append(trial)
     results = []
     for (mode, num_processes), trials in runs.items():
         runtimes = sorted(trial["runtime"] for trial in trials)
@@ -93,11 +109,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every mode; the median is reported")
-    parser.add_argument("--quick", action="store_true", help="small data and one repeat, for a smoke test")
-    parser.add_argument("--worker", nargs=1, metavar="OUT", help=argparse.SUPPRESS)
-    args, recipe_args = parser.parse_known_args(argv)
+    parser.add_argument(
+        "--quick", action="store_true", help="small data, one repeat, every mode in one launch: a smoke test"
+    )
+    parser.add_argument("--worker", nargs=2, metavar=("OUT", "MODES"), help=argparse.SUPPRESS)
+    args, data_args = parser.parse_known_args(argv)
     if args.worker:
-        run_then_exit(_worker, args.worker[0], [a for a in recipe_args if a != "--"])
+        out_path, modes = args.worker
+        run_then_exit(_worker, out_path, modes.split(","), [a for a in data_args if a != "--"])
         return []
     print_header("benchmark/throughput.py", sys.argv[1:] if argv is None else argv)
     data_args = ["--save_strategy", "no", "--logging_steps", "100000", "--num_train_epochs", "1",
@@ -105,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.quick:
         data_args += ["--default_num_short", "16", "--default_num_long", "4", "--max_length", "1024"]
     repeats = 1 if args.quick else args.repeats
-    results = run([int(n) for n in args.processes.split(",")], data_args, repeats)
+    results = run([int(n) for n in args.processes.split(",")], data_args, repeats, one_launch=args.quick)
     rows = []
     for result in results:
         naive = next(r for r in results if r["mode"] == "naive" and r["processes"] == result["processes"])

@@ -15,7 +15,8 @@ def test_data_pipeline_quick(benchmark, capsys):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_throughput_quick(benchmark, capsys):
-    # Two processes only: the single-process path is the recipe's own, which test_recipe.py runs.
+    # Two processes only: the single-process path is the recipe's own, which test_recipe.py runs. `--quick` trains
+    # the four modes in one launch, one after another.
     results = benchmark("throughput").main(["--quick", "--processes", "2"])
     out = capsys.readouterr().out
     assert "| mode | processes | samples | seconds | samples/s | tokens/s | vs naive | target | status |" in out
@@ -177,7 +178,7 @@ def test_planner_vs_trl_quick(benchmark, capsys):
 @pytest.mark.multiprocess
 def test_sequence_parallel_benchmark_halves_activations_per_rank(benchmark, capsys):
     pytest.importorskip("deepspeed")
-    benchmark("sequence_parallel").main(["--quick"])
+    benchmark("sequence_parallel").main(["--quick", "--jobs", "2"])  # sp_size 1 and 2 at once
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| 2,048")]
     assert [row[1].strip() for row in rows] == ["1", "2"] and rows[1][2].strip() == "1,024"
     # Each rank keeps the activations of its half of the row (plus the weights and the full-row attention exchange).

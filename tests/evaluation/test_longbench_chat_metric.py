@@ -228,4 +228,4 @@ def test_concurrency_benchmark_runs(capsys):
     module.main(["--quick", "--concurrency", "8"])
     table = capsys.readouterr().out
     assert "Judging 16 answers" in table
-    assert re.search(r"\| 8 \| [\d.]+ s \| 0.2 s \| 8 \|", table)
+    assert re.search(r"\| 8 \| [\d.]+ s \| 1.0 s \| 8 \|", table)
