@@ -5,6 +5,7 @@ machine idle while it runs. Such a test gives its command to the marker: `comman
 `folder` a new folder of its own. The command starts where the test was in the run (before the next test), the test
 is moved to the end of the run, and by the time it runs, the command has run alongside the tests in between (mostly
 one-process tests, when the next ones are); the test waits for it with `wait()` and checks what it left in `folder`.
+A session with multi-process tests also builds DeepSpeed's CPU ops alongside them (`build_deepspeed_cpu_ops`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,6 +66,25 @@ def start(command: Callable[[Path], list[str]]) -> BackgroundRun:
             command(folder), cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     return BackgroundRun(process, folder, log, time.monotonic())
+
+
+DEEPSPEED_CPU_OPS = ("ShareMemCommBuilder", "CPUAdamBuilder")  # gloo's shared-memory collectives, CPU Adam (offload)
+
+
+def build_deepspeed_cpu_ops() -> subprocess.Popen:
+    """Build DeepSpeed's CPU ops now, alongside the tests, on one core: the first DeepSpeed launch would otherwise
+    spend a minute and a half of both cores compiling them (once per machine: they are cached), with no test running.
+
+    torch guards an extension's build with a lock file that a killed build leaves behind (the next build then waits
+    forever), so the build runs in its own session, out of reach of a Ctrl-C, and is waited for, never killed."""
+    code = "from deepspeed.accelerator import get_accelerator\n" + "".join(
+        f"get_accelerator().create_op_builder({name!r}).load()\n" for name in DEEPSPEED_CPU_OPS
+    )
+    environment = {**os.environ, "DS_ACCELERATOR": "cpu", "MAX_JOBS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
 
 
 def finish(run: BackgroundRun) -> None:

@@ -1,4 +1,5 @@
 import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from longalign_hf.tiny import build_byte_tokenizer, build_tiny_model
 
 BACKGROUND: dict[str, background.BackgroundRun] = {}  # by test id, once started
 START_BEFORE: dict[str, list[pytest.Item]] = {}  # test id -> the background tests whose command starts before it
+OP_BUILDS: list = []  # DeepSpeed's CPU op build, when started
 
 
 def pytest_configure(config):
@@ -45,6 +47,8 @@ def pytest_collection_modifyitems(config, items):
         elif waiting:
             START_BEFORE[item.nodeid], waiting = waiting, []
     items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+    if importlib.util.find_spec("deepspeed") and any("multiprocess" in item.keywords for item in items):
+        OP_BUILDS.append(background.build_deepspeed_cpu_ops())
 
 
 def _start(item: pytest.Item) -> None:
@@ -60,6 +64,8 @@ def pytest_runtest_setup(item):
 def pytest_sessionfinish(session):
     for run in BACKGROUND.values():
         background.finish(run)
+    for build in OP_BUILDS:
+        build.wait()
 
 
 @pytest.fixture
