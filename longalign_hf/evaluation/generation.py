@@ -187,6 +187,25 @@ def check_model_options(dtype: object, attn_implementation: str | None) -> None:
         )
 
 
+def check_served_options(dtype: object, attn_implementation: str | None, batch_size: int) -> None:
+    """Refuse the options that only shape a locally loaded model when the answers come from a server
+    (`--generation-base-url`): the server loads, batches and runs its model itself, so they would do nothing."""
+    given = [
+        flag
+        for flag, value, default in (
+            ("--dtype", dtype, "auto"),
+            ("--attn-implementation", attn_implementation, None),
+            ("--batch-size", batch_size, 1),
+        )
+        if value != default
+    ]
+    if given:
+        raise UserInputError(
+            f"{', '.join(given)} shape a model loaded here, but --generation-base-url reads the answers from a server, "
+            "which loads and batches its model itself: leave them out, or drop --generation-base-url"
+        )
+
+
 def load_causal_lm(
     name_or_path: str, dtype: object = "auto", attn_implementation: str | None = None
 ) -> PreTrainedModel:

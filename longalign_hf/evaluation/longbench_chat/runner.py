@@ -157,7 +157,7 @@ def run_longbench_chat(
     answer) or fewer judge runs than `n_runs` (`num_partly_scored`); the command exits with status 1 when any is not
     0, unless `--allow-incomplete`.
     """
-    from longalign_hf.evaluation.generation import check_model_options
+    from longalign_hf.evaluation.generation import check_model_options, check_served_options
     from longalign_hf.llm_client import ChatClient
 
     for name, value in (
@@ -179,7 +179,10 @@ def run_longbench_chat(
         raise UserInputError(f"--judge-timeout must be above 0 seconds, got {judge_timeout}")
     if judge_max_retries < 0:
         raise UserInputError(f"--judge-max-retries must be 0 or more, got {judge_max_retries}")
-    check_model_options(dtype, attn_implementation)
+    if generation_base_url is not None:
+        check_served_options(dtype, attn_implementation, batch_size)
+    else:
+        check_model_options(dtype, attn_implementation)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model)
     command_args.check_can_create(output_dir, "--output-dir")
     if judge_cache_dir is not None:

@@ -3,10 +3,13 @@
 ```
 longalign eval needle --model THUDM/LongAlign-7B-64k
 longalign eval needle --model ./my-run --lengths 1k,4k,16k --depths 5 --probes single,multikey,multivalue
+longalign eval needle --model THUDM/LongAlign-7B-64k --generation-base-url http://localhost:8000/v1
 ```
 
 No API is needed: the model answers locally through its own chat template (greedy by default) and the answers are
-scored by string matching; an LLM-judge score can be added with `--judge-model`. When `--model` is a local folder, the
+scored by string matching. `--generation-base-url` reads the answers from an OpenAI-compatible server instead (vLLM,
+SGLang: a long sweep is where a served model is fastest), every request in flight at once up to
+`--generation-concurrency`; an LLM-judge score can be added with `--judge-model`. When `--model` is a local folder, the
 heatmaps and the summary table are added to its model card (`README.md`), replacing those of an earlier run
 (`longalign_hf.evaluation.model_card`; `--no-model-card` leaves the card alone).
 
@@ -171,6 +174,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     gen.add_argument("--attn-implementation", help=run_folder.ATTN_IMPLEMENTATION_HELP)
     gen.add_argument(
+        "--generation-base-url",
+        help="read answers from this OpenAI-compatible server (e.g. `vllm serve MODEL`: http://localhost:8000/v1), "
+        "which must serve --model; the chat template is the server's, --tokenizer (default --model) measures the "
+        "prompts",
+    )
+    gen.add_argument("--generation-api-key", help="API key of that server (default: OPENAI_API_KEY or none)")
+    gen.add_argument(
+        "--generation-concurrency", type=command_args.count, default=8, help="requests in flight to it (default: 8)"
+    )
+    gen.add_argument(
         "--max-model-length",
         type=command_args.count,
         help="the model's context window in tokens; lengths whose prompt plus --max-new-tokens exceed it are skipped "
@@ -195,6 +208,7 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "tokenizer", "lengths", "depths", "probes", "haystack_dir", "output_dir", "max_new_tokens", "batch_size",
         "temperature", "seed", "num_needles", "key_type", "value_type", "dtype", "attn_implementation",
         "max_model_length", "judge_model", "judge_base_url", "judge_api_key", "judge_concurrency",
+        "generation_base_url", "generation_api_key", "generation_concurrency",
     )  # fmt: skip
     return {name: getattr(args, name) for name in names}
 
@@ -229,7 +243,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="needle in a haystack: depth x length heatmap of retrieval (the paper's needle, RULER's NIAH probes)",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("--model", required=True, help="model path or Hub id")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model path or Hub id (with --generation-base-url: the model name the server serves)",
+    )
     parser.add_argument(
         "--no-model-card",
         action="store_true",

@@ -27,10 +27,12 @@ from longalign_hf.errors import UserInputError, iter_jsonl
 from longalign_hf.evaluation import run_folder
 from longalign_hf.evaluation.generation import (
     check_model_options,
+    check_served_options,
     generate_chat_answers,
     load_causal_lm,
     load_model_config,
     load_tokenizer,
+    request_chat_answers,
 )
 from longalign_hf.evaluation.longbench_chat.scoring import parse_rating
 from longalign_hf.evaluation.needle.haystack import Haystack, load_haystack
@@ -165,6 +167,9 @@ def run_needle(
     judge_base_url: str | None = None,
     judge_api_key: str | None = None,
     judge_concurrency: int = 8,
+    generation_base_url: str | None = None,
+    generation_api_key: str | None = None,
+    generation_concurrency: int = 8,
 ) -> dict[str, Any]:
     """Run the needle probes on `model` over lengths x depths (resumable), score, draw heatmaps; returns the results.
 
@@ -172,8 +177,12 @@ def run_needle(
     from 0 to 100% (`depth_grid`) or the depths themselves. Lengths whose prompt plus `max_new_tokens` exceed the
     model's context window (`max_model_length`, by default the config's `max_position_embeddings`) are skipped with a
     warning and listed under `skipped` in the results; if every length is, it is an error. Every input is checked
-    before anything is written. With a judge, `num_unscored` counts the single-needle answers it could not rate (0
-    without one; the command exits with status 1 when it is not 0); `num_off_depth` counts the needles more than
+    before anything is written. With `generation_base_url` the answers come from that OpenAI-compatible server (which
+    must serve `model` under that name; the tokenizer, `tokenizer` or else `model`, still measures the prompts), the
+    window is `max_model_length` (unset: no length is skipped, and the server refuses what it cannot take), and
+    `num_unanswered` counts the cells the server did not answer after its retries (a rerun asks for them again). With
+    a judge, `num_unscored` counts the single-needle answers it could not rate (0 without one; the command exits with
+    status 1 when either is not 0); `num_off_depth` counts the needles more than
     `DEPTH_TOLERANCE` points from their asked depth. See the command's `add_arguments`
     (`longalign_hf.evaluation.needle.command`) for the other options, `longalign_hf.evaluation.needle.probes` for how
     the prompts are built, and the module docstring for the output folder.
@@ -196,12 +205,21 @@ def run_needle(
         raise UserInputError(f"No probe to run: choose from {', '.join(PROBES)}.")
     for probe in probes:
         check_probe(probe, num_needles, key_type, value_type)
-    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+    for name, value in (
+        ("max_new_tokens", max_new_tokens),
+        ("batch_size", batch_size),
+        ("generation_concurrency", generation_concurrency),
+    ):
         if value < 1:
             raise UserInputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if temperature < 0:
         raise UserInputError(f"--temperature must be at least 0, got {temperature}")
-    if isinstance(model, str):
+    served = generation_base_url is not None
+    if served and not isinstance(model, str):
+        raise ValueError("With `generation_base_url`, `model` is the name the server serves, not a loaded model.")
+    if served:
+        check_served_options(dtype, attn_implementation, batch_size)
+    elif isinstance(model, str):
         check_model_options(dtype, attn_implementation)
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(model_name)
     command_args.check_can_create(output_dir, "--output-dir")
@@ -234,11 +252,13 @@ def run_needle(
         "key_type": key_type,
         "value_type": value_type,
     }
+    if served:  # only then: the folders of local runs keep the settings they were made with
+        settings["generation"] = "server"
     records_path = output_dir / "needle.jsonl"
     records = _read_records(records_path, model_name)
     run_folder.check_settings(output_dir, settings, has_answers=bool(records))
 
-    window = _context_window(_model_config(model), max_model_length)
+    window = max_model_length if served else _context_window(_model_config(model), max_model_length)
     skipped = []
     if window is not None:
         for length in [length for length in lengths if length + max_new_tokens > window]:
@@ -260,10 +280,23 @@ def run_needle(
     # written or the model loads.
     prompts = _build_prompts(tok, haystack_text, todo, seed, num_needles, key_type, value_type) if todo else {}
     # The model loads before anything is written too: a checkpoint or backend that fails leaves nothing behind.
-    if todo and isinstance(model, str):
+    if todo and isinstance(model, str) and not served:
         model = load_causal_lm(model, dtype, attn_implementation)
     run_folder.write_settings(output_dir, settings)
-    if todo:
+    if todo and served:
+        logger.info("Needle: %d records to ask %s for (%d already in %s)", len(todo), generation_base_url,
+                    len(cells) - len(todo), records_path)  # fmt: skip
+        client = ChatClient(
+            model_name,
+            base_url=generation_base_url,
+            api_key=generation_api_key,
+            temperature=temperature,
+            max_concurrency=generation_concurrency,
+            max_tokens=max_new_tokens,
+            seed=seed,
+        )
+        _request(client, prompts, records, records_path, model_name=model_name)
+    elif todo:
         logger.info("Needle: %d records to make (%d already in %s)", len(todo), len(cells) - len(todo), records_path)
         _generate(
             model,
@@ -280,9 +313,16 @@ def run_needle(
     else:
         logger.info("Needle: all %d records are already in %s; nothing to generate.", len(cells), records_path)
 
-    kept = [records[cell] for cell in cells]
+    kept = [records[cell] for cell in cells if cell in records]
+    unanswered = [cell for cell in cells if cell not in records]
+    if unanswered:
+        logger.warning(
+            "No answer for %d of %d cells (the server failed for them, see the warnings above): they are left out of "
+            "the scores and heatmaps; rerun the same command to ask for them again.", len(unanswered), len(cells)
+        )  # fmt: skip
     results: dict[str, Any] = {"model": model_name, "settings": settings, "lengths": lengths, "depths": depths}
     results["skipped"] = skipped
+    results["num_cells"], results["num_unanswered"] = len(cells), len(unanswered)
     results["scores"] = {probe: summarize([r for r in kept if r["probe"] == probe], "score") for probe in probes}
     results["num_unscored"] = 0
     if judge is not None:  # ratings are cached in the output folder: a rerun pays for new answers only
@@ -376,6 +416,22 @@ def _generate(
                 on_answer=save,
                 desc=desc,
             )
+
+
+def _request(
+    client: ChatClient,
+    prompts_by_length: dict[int, list[NeedlePrompt]],
+    records: dict[tuple[str, int, float], dict[str, Any]],
+    records_path: Path,
+    *,
+    model_name: str,
+) -> None:
+    """Ask the server for every prompt at once (its concurrency bounds the requests in flight), appending each record
+    to `records_path` as it comes; a prompt the server did not answer gets no record."""
+    prompts = [prompt for length in sorted(prompts_by_length) for prompt in prompts_by_length[length]]
+    with run_folder.open_for_append(records_path) as f:
+        save = _saver(f, prompts, records, model_name)
+        request_chat_answers(client, [prompt.prompt for prompt in prompts], on_answer=save, desc="needle (server)")
 
 
 def _saver(f: TextIO, prompts: Sequence[NeedlePrompt], records: dict, model_name: str) -> Callable[[int, str], None]:

@@ -43,13 +43,19 @@ def off_depth(record: dict[str, Any]) -> bool:
 
 def shortfall(results: dict[str, Any]) -> str | None:
     """What a `run_needle` result lacks, as one sentence; `None` when nothing is missing."""
-    if not results["num_unscored"]:
-        return None
-    num_single = results["judge_scores"]["single"]["num_scored"] + results["num_unscored"]
-    return (
-        f"{results['model']}: {results['num_unscored']} of {num_single} single-needle answers have no rating from the "
-        f"judge {results['judge_model']}"
-    )
+    missing = []
+    if results.get("num_unanswered"):
+        missing.append(
+            f"{results['num_unanswered']} of {results['num_cells']} cells have no answer (the generation server "
+            "failed for them)"
+        )
+    if results["num_unscored"]:
+        num_single = results["judge_scores"]["single"]["num_scored"] + results["num_unscored"]
+        missing.append(
+            f"{results['num_unscored']} of {num_single} single-needle answers have no rating from the judge "
+            f"{results['judge_model']}"
+        )
+    return f"{results['model']}: {'; '.join(missing)}" if missing else None
 
 
 def format_summary(results: dict[str, Any]) -> str:
