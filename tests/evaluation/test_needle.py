@@ -12,8 +12,7 @@ from loopback_server import LoopbackServer
 
 from longalign_hf import cli
 from longalign_hf.errors import UserInputError
-from longalign_hf.evaluation.needle import command
-from longalign_hf.evaluation.needle import runner as needle
+from longalign_hf.evaluation.needle import answering, command
 from longalign_hf.evaluation.needle.probes import DEPTH_TOLERANCE, PAPER_NEEDLE
 from longalign_hf.evaluation.needle.runner import judge_needle_answers, run_needle
 from longalign_hf.llm_client import ChatClient
@@ -25,13 +24,13 @@ class CountingGenerator:
 
     def __init__(self, monkeypatch):
         self.prompts = 0
-        original = needle.generate_chat_answers
+        original = answering.generate_chat_answers
 
         def counting(model, tokenizer, prompts, **kwargs):
             self.prompts += len(prompts)
             return original(model, tokenizer, prompts, **kwargs)
 
-        monkeypatch.setattr(needle, "generate_chat_answers", counting)
+        monkeypatch.setattr(answering, "generate_chat_answers", counting)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from longalign_hf.errors import UserInputError
+from longalign_hf.evaluation.needle.answering import HAYSTACK_MARGIN
 from longalign_hf.evaluation.needle.haystack import Haystack, load_haystack
 from longalign_hf.evaluation.needle.probes import (
     DEPTH_TOLERANCE,
@@ -18,7 +19,6 @@ from longalign_hf.evaluation.needle.probes import (
     depth_grid,
     match_fraction,
 )
-from longalign_hf.evaluation.needle.runner import _HAYSTACK_MARGIN
 from longalign_hf.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_byte_tokenizer
 
 # The test's own statement of a sentence boundary: after . ! ? (and closing quotes/brackets) and whitespace, or a
@@ -117,7 +117,7 @@ def test_the_needle_lands_within_the_stated_tolerance_at_every_length_and_depth(
     # for a tokenizer of about 3.6 characters per token (as real ones), from 768 with one token per byte. Measured on
     # the finished prompt, not taken from the record.
     tokenizer = bpe_tokenizer if kind == "bpe" else build_byte_tokenizer()
-    haystack = Haystack(load_haystack(), tokenizer, min_tokens=length + _HAYSTACK_MARGIN)
+    haystack = Haystack(load_haystack(), tokenizer, min_tokens=length + HAYSTACK_MARGIN)
     for depth in (0, 5, 10, 25, 33, 50, 67, 75, 90, 95, 100):
         probe = build_needle_prompt(tokenizer, haystack, length=length, depth=depth)
         before, after = split_at_needle(probe.prompt)

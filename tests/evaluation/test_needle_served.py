@@ -10,8 +10,7 @@ from loopback_server import LoopbackServer, Reply
 from longalign_hf.errors import UserInputError
 from longalign_hf.evaluation.generation import chat_text
 from longalign_hf.evaluation.longbench_chat import command as longbench_chat
-from longalign_hf.evaluation.needle import command
-from longalign_hf.evaluation.needle import runner as needle
+from longalign_hf.evaluation.needle import answering, command
 from longalign_hf.evaluation.needle.probes import PAPER_NEEDLE
 from longalign_hf.llm_client import ChatClient
 from longalign_hf.tiny import build_tiny_model
@@ -55,7 +54,7 @@ def test_answers_come_from_the_server_for_the_prompts_a_local_run_would_answer(
         for index in range(len(prompts)):
             on_answer(index, "no idea")
 
-    monkeypatch.setattr(needle, "generate_chat_answers", recording)
+    monkeypatch.setattr(answering, "generate_chat_answers", recording)
     local_argv = ["--model", str(model_dir), *GRID, "--output-dir", str(tmp_path / "local")]
     assert run_command(command, "needle", [*local_argv, "--no-model-card"]) == 0
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from longalign_hf import command_args
 from longalign_hf.errors import UserInputError, iter_jsonl
@@ -28,14 +27,13 @@ from longalign_hf.evaluation import run_folder
 from longalign_hf.evaluation.generation import (
     check_model_options,
     check_served_options,
-    generate_chat_answers,
     load_causal_lm,
     load_model_config,
     load_tokenizer,
-    request_chat_answers,
 )
 from longalign_hf.evaluation.longbench_chat.scoring import parse_rating
-from longalign_hf.evaluation.needle.haystack import Haystack, load_haystack
+from longalign_hf.evaluation.needle.answering import build_prompts, generate, record_cell, request
+from longalign_hf.evaluation.needle.haystack import load_haystack
 from longalign_hf.evaluation.needle.heatmap import plot_heatmap
 from longalign_hf.evaluation.needle.probes import (
     DEFAULT_LENGTHS,
@@ -44,11 +42,8 @@ from longalign_hf.evaluation.needle.probes import (
     PAPER_NEEDLE,
     PAPER_QUESTION,
     PROBES,
-    NeedlePrompt,
-    build_needle_prompt,
     check_probe,
     depth_grid,
-    match_fraction,
 )
 from longalign_hf.evaluation.needle.summary import format_summary, off_depth, summarize
 from longalign_hf.llm_client import ChatClient, total_usage
@@ -76,9 +71,6 @@ JUDGE_TEMPLATE = (
     'format: "[[rating]]", for example: "Rating: [[5]]".\n\n[Question]\n{question}\n\n'
     "[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]"
 )
-# Tokens of haystack beyond the longest prompt, so windows can start at many different sentences (a short prompt has
-# few sentences: it takes many tries to find a run with a boundary near the asked depth).
-_HAYSTACK_MARGIN = 32_768
 
 
 def judge_needle_answers(
@@ -111,10 +103,6 @@ def default_output_dir(model: str, root: str | os.PathLike = Path("outputs", "ne
     return run_folder.default_output_dir(model, root)
 
 
-def _cell(record: dict[str, Any]) -> tuple[str, int, float]:
-    return record["probe"], int(record["length"]), float(record["depth"])
-
-
 def _read_records(path: Path, model: str) -> dict[tuple[str, int, float], dict[str, Any]]:
     """Records of an earlier run; a last line cut short by a crash is skipped (and redone)."""
     records: dict[tuple[str, int, float], dict[str, Any]] = {}
@@ -122,7 +110,7 @@ def _read_records(path: Path, model: str) -> dict[tuple[str, int, float], dict[s
         return records
     for number, record in iter_jsonl(path, skip_cut_last_line=True):
         try:
-            cell = _cell(record)
+            cell = record_cell(record)
             record["score"] = float(record["score"])
         except (ValueError, KeyError, TypeError):
             raise UserInputError(
@@ -278,7 +266,7 @@ def run_needle(
     todo = [cell for cell in cells if cell not in records]
     # All prompts first (a few MB of text at most), so a length too short for its probe fails before anything is
     # written or the model loads.
-    prompts = _build_prompts(tok, haystack_text, todo, seed, num_needles, key_type, value_type) if todo else {}
+    prompts = build_prompts(tok, haystack_text, todo, seed, num_needles, key_type, value_type) if todo else {}
     # The model loads before anything is written too: a checkpoint or backend that fails leaves nothing behind.
     if todo and isinstance(model, str) and not served:
         model = load_causal_lm(model, dtype, attn_implementation)
@@ -295,10 +283,10 @@ def run_needle(
             max_tokens=max_new_tokens,
             seed=seed,
         )
-        _request(client, prompts, records, records_path, model_name=model_name)
+        request(client, prompts, records, records_path, model_name=model_name)
     elif todo:
         logger.info("Needle: %d records to make (%d already in %s)", len(todo), len(cells) - len(todo), records_path)
-        _generate(
+        generate(
             model,
             tok,
             prompts,
@@ -363,85 +351,3 @@ def run_needle(
 
 def _model_config(model: str | PreTrainedModel) -> Any:
     return load_model_config(model) if isinstance(model, str) else model.config
-
-
-def _build_prompts(
-    tokenizer: PreTrainedTokenizerBase,
-    haystack_text: str,
-    todo: Sequence[tuple[str, int, float]],
-    seed: int,
-    num_needles: int,
-    key_type: str,
-    value_type: str,
-) -> dict[int, list[NeedlePrompt]]:
-    """The prompts of the `todo` cells, by length (prompts of one length batch with little padding)."""
-    haystack = Haystack(haystack_text, tokenizer, max(length for _, length, _ in todo) + _HAYSTACK_MARGIN)
-    prompts_by_length: dict[int, list[NeedlePrompt]] = {}
-    for probe, length, depth in todo:
-        prompts_by_length.setdefault(length, []).append(
-            build_needle_prompt(tokenizer, haystack, length, depth, probe, seed, num_needles, key_type, value_type)
-        )
-    return prompts_by_length
-
-
-def _generate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts_by_length: dict[int, list[NeedlePrompt]],
-    records: dict[tuple[str, int, float], dict[str, Any]],
-    records_path: Path,
-    *,
-    model_name: str,
-    max_new_tokens: int,
-    batch_size: int,
-    temperature: float,
-    seed: int,
-) -> None:
-    """Answer and score the prompts, one length at a time, appending each record to `records_path` as it comes."""
-    logger.info("Model %s (%s, attention: %s)", model_name, model.dtype, model.config._attn_implementation)
-    with run_folder.open_for_append(records_path) as f:
-        for number, length in enumerate(sorted(prompts_by_length), start=1):
-            prompts = prompts_by_length[length]
-            save = _saver(f, prompts, records, model_name)
-            desc = f"needle {length} tokens ({number}/{len(prompts_by_length)})"
-            generate_chat_answers(
-                model,
-                tokenizer,
-                [prompt.prompt for prompt in prompts],
-                max_new_tokens=max_new_tokens,
-                max_length=None,
-                batch_size=batch_size,
-                temperature=temperature,
-                seed=seed,
-                on_answer=save,
-                desc=desc,
-            )
-
-
-def _request(
-    client: ChatClient,
-    prompts_by_length: dict[int, list[NeedlePrompt]],
-    records: dict[tuple[str, int, float], dict[str, Any]],
-    records_path: Path,
-    *,
-    model_name: str,
-) -> None:
-    """Ask the server for every prompt at once (its concurrency bounds the requests in flight), appending each record
-    to `records_path` as it comes; a prompt the server did not answer gets no record."""
-    prompts = [prompt for length in sorted(prompts_by_length) for prompt in prompts_by_length[length]]
-    with run_folder.open_for_append(records_path) as f:
-        save = _saver(f, prompts, records, model_name)
-        request_chat_answers(client, [prompt.prompt for prompt in prompts], on_answer=save, desc="needle (server)")
-
-
-def _saver(f: TextIO, prompts: Sequence[NeedlePrompt], records: dict, model_name: str) -> Callable[[int, str], None]:
-    def save(index: int, answer: str) -> None:
-        prompt = prompts[index]
-        record = {"model": model_name, **asdict(prompt), "answer": answer}
-        record["score"] = match_fraction(answer, prompt.expected)
-        del record["prompt"]  # tens of thousands of tokens each; rebuilt exactly from the settings when needed
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        records[_cell(record)] = record
-
-    return save
