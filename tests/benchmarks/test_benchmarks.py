@@ -1,6 +1,5 @@
 """Smoke tests: the quick variants of the benchmark scripts run and print their tables (no timing asserted)."""
 
-import json
 
 import numpy as np
 import pytest
@@ -201,20 +200,34 @@ def test_engines_expected_model_states_follow_what_each_engine_shards_and_offloa
     }
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_engines_benchmark_runs_the_engine_each_row_names(benchmark, capsys, tmp_path):
-    # The two engines the script derives from a shipped config (the others run the shipped file as it is): the
-    # trainer must name the engine the row claims, or a key the launcher ignores would measure another engine.
-    pytest.importorskip("deepspeed")
-    results = tmp_path / "engines.json"
-    benchmark("engines").main(["--quick", "--engines", "FSDP2 + offload", "ZeRO-2", "--json", str(results)])
-    rows = {row["engine"]: row for row in json.loads(results.read_text())}
-    assert rows["FSDP2 + offload"]["described"].startswith("FSDP2 full shard (reshard after forward on, parameter "
-                                                           "offload on")  # fmt: skip
-    assert rows["ZeRO-2"]["described"] == "DeepSpeed ZeRO-2 over 2 processes (gloo)"
-    for row in rows.values():
-        assert row["peak_bytes"] >= row["resident_bytes"] > 0 and row["step_seconds"] > 0
-    offload = rows["FSDP2 + offload"]
-    assert offload["expected_bytes"] == offload["offloaded_bytes"] == 8 * offload["parameters"]
-    assert "| FSDP2 + offload |" in capsys.readouterr().out
+# What `accelerate launch` hands its processes for each engine's config: the variables the trainer's engine is built
+# from (the launches themselves, and the words the trainer names each engine with, are tested in tests/training).
+LAUNCHER_VARIABLES = {
+    "DDP": {"ACCELERATE_MIXED_PRECISION": "no"},
+    "FSDP2": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "false"},
+    "FSDP2 + offload": {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"},
+    "ZeRO-2": {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "none"},
+    "ZeRO-3": {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "none"},
+    "ZeRO-3 + offload": {
+        "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu",
+        "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu",
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", list(LAUNCHER_VARIABLES))
+def test_engines_benchmark_configs_launch_the_engine_each_row_names(benchmark, tmp_path, engine):
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    config = benchmark("engines").accelerate_config(engine, tmp_path)
+    argv = ["--config_file", str(config), "--num_processes", "2", "--mixed_precision", "no", "worker.py"]
+    args, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(argv))
+    assert args.num_processes == 2 and args.use_deepspeed == engine.startswith("ZeRO")
+    assert args.use_fsdp == engine.startswith("FSDP")
+    if args.use_deepspeed:  # as accelerate's `deepspeed_launcher` does before building the environment
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        environment = prepare_deepspeed_cmd_env(args)[1]
+    else:
+        environment = prepare_multi_gpu_env(args)
+    assert LAUNCHER_VARIABLES[engine].items() <= environment.items()
