@@ -1,6 +1,5 @@
 """Smoke tests: the quick variants of the benchmark scripts run and print their tables (no timing asserted)."""
 
-
 import numpy as np
 import pytest
 import torch
