@@ -1,0 +1,113 @@
+"""The user guide builds in strict mode (a broken link or an unresolved docstring reference fails it), and the parts
+it reads from the code at build time say what the code says: every refusal message, the collator's packed layout,
+BENCHMARKS.md as it is, and an API reference of exactly the public names."""
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import longalign_hf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _hooks():
+    path = ROOT / "docs" / "hooks" / "generated_sections.py"
+    spec = importlib.util.spec_from_file_location("generated_sections", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["generated_sections"] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build(config: Path, site: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config)]
+    return subprocess.run([*command, "--site-dir", str(site)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    start = time.perf_counter()
+    result = _build(ROOT / "mkdocs.yml", site)
+    print(f"mkdocs build --strict: {time.perf_counter() - start:.1f} s")  # `pytest -s` shows it
+    assert result.returncode == 0, result.stderr[-4000:]
+    return site
+
+
+def _text(html_file: Path) -> str:
+    return re.sub(r"<[^>]+>", "", html_file.read_text(encoding="utf-8"))
+
+
+def test_every_page_of_the_guide_is_built(site):
+    pages = [path.stem for path in (ROOT / "docs").glob("*.md")]
+    assert len(pages) == 8
+    for page in pages:
+        assert (site / ("index.html" if page == "index" else f"{page}/index.html")).is_file(), page
+
+
+def test_a_broken_link_or_an_unresolved_reference_fails_the_build(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "index.md").write_text("[a page](missing.md) and [a name][longalign_hf.NoSuchName]\n")
+    config = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    config = re.sub(r"(?ms)^nav:.*?^(?=\w)", "", config).replace("docs_dir: docs", f"docs_dir: {docs}")
+    config = config.replace("docs/hooks/", f"{ROOT}/docs/hooks/").replace('paths: ["."]', f'paths: ["{ROOT}"]')
+    (tmp_path / "mkdocs.yml").write_text(config)
+    result = _build(tmp_path / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0
+    assert "missing.md" in result.stderr and "longalign_hf.NoSuchName" in result.stderr
+
+
+def test_the_troubleshooting_page_lists_every_refusal_in_the_code(site):
+    # Reference: a plain text search for the raise statements, independent of the hook's syntax-tree walk.
+    sources = [path for folder in ("longalign_hf", "recipes") for path in (ROOT / folder).rglob("*.py")]
+    expected = sum(
+        len(re.findall(r"raise (?:UserInputError|ValueError)\(", path.read_text(encoding="utf-8"))) for path in sources
+    )
+    refusals = _hooks().collect_refusals()
+    assert len(refusals) == expected > 200
+    page = _text(site / "troubleshooting" / "index.html")
+    assert f"{expected} messages in" in page
+    # A message as the config writes it, code spans and all, with the function that raises it.
+    message = "`batching='pack'` needs `max_length` (the size of a pack); set it, e.g. `max_length=65536`."
+    found = [r for r in refusals if r.message == message]
+    assert len(found) == 1 and found[0].module == "longalign_hf/training/config.py"
+    assert found[0].function == "LongAlignConfig.__post_init__"
+    assert "batching='pack' needs max_length (the size of a pack); set it, e.g. max_length=65536." in page
+    # An f-string keeps its run-time parts visible, a message put in a variable first is resolved.
+    assert any("{" in r.message for r in refusals) and not any(r.message == "" for r in refusals)
+
+
+def test_the_concepts_page_shows_the_collators_own_packed_layout(site):
+    tree = ast.parse((ROOT / "longalign_hf" / "training" / "collator.py").read_text(encoding="utf-8"))
+    docstring = next(ast.get_docstring(n) for n in tree.body if getattr(n, "name", "") == "LongAlignDataCollator")
+    layout_row = next(line for line in docstring.splitlines() if line.strip().startswith("loss_sample_ids"))
+    assert " ".join(layout_row.split()) in " ".join(_text(site / "concepts" / "index.html").split())
+
+
+def test_the_benchmarks_page_includes_benchmarks_md_rather_than_a_copy(site):
+    benchmarks = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", benchmarks, flags=re.M)
+    source = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    page = _text(site / "benchmarks" / "index.html")
+    assert '--8<-- "BENCHMARKS.md"' in source and len(headings) >= 10
+    for heading in headings:
+        assert heading not in source
+        assert heading.replace("`", "") in page.replace("&amp;", "&")
+
+
+def test_the_api_reference_documents_exactly_the_public_names(site):
+    reference = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+    assert re.findall(r"^::: longalign_hf\.(\w+)$", reference, flags=re.M) and sorted(
+        re.findall(r"^::: longalign_hf\.(\w+)$", reference, flags=re.M)
+    ) == sorted(longalign_hf.__all__)
+    page = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    for name in longalign_hf.__all__:
+        assert f'id="longalign_hf.{name}"' in page, name
