@@ -2,7 +2,7 @@
 
 - `<!-- refusals -->` (troubleshooting.md) becomes every message that `longalign_hf/` and `recipes/` raise as
   `UserInputError` or `ValueError`, found by walking their syntax trees (nothing is imported), with the module and
-  function that raise it.
+  function that raise it; a raise in a loop over a literal table of options and reasons gives one message per row.
 - `<!-- collator-layout -->` (concepts.md) becomes the packed-layout table of `LongAlignDataCollator`'s docstring.
 """
 
@@ -32,19 +32,53 @@ class Refusal:
     message: str
 
 
-def _render(node: ast.AST, assignments: dict[str, ast.AST]) -> str:
-    """The message a node builds, with what is known only at run time shown as `{expression}`."""
+def _is_text(node: ast.AST) -> bool:
+    """Whether a node builds a string the reader can see: a literal, an f-string or a concatenation of them."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _is_text(node.left) and _is_text(node.right)
+    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _is_bound_text(node: ast.AST, bound: dict[str, ast.AST]) -> bool:
+    return isinstance(node, ast.Name) and node.id in bound and _is_text(bound[node.id])
+
+
+def _render(node: ast.AST, bound: dict[str, ast.AST]) -> str:
+    """The message a node builds: names bound to text are filled in, the rest shown as `{expression}`."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     if isinstance(node, ast.JoinedStr):
-        return "".join(_render(part, assignments) for part in node.values)
+        return "".join(_render(part, bound) for part in node.values)
     if isinstance(node, ast.FormattedValue):
-        return "{" + ast.unparse(node.value) + "}"
+        return _render(node.value, bound) if _is_bound_text(node.value, bound) else "{" + ast.unparse(node.value) + "}"
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        return _render(node.left, assignments) + _render(node.right, assignments)
-    if isinstance(node, ast.Name) and node.id in assignments:
-        return _render(assignments[node.id], {})  # one level: a message put in a variable first
+        return _render(node.left, bound) + _render(node.right, bound)
+    if _is_bound_text(node, bound):
+        return _render(bound[node.id], {name: value for name, value in bound.items() if name != node.id})
     return "{" + ast.unparse(node) + "}"
+
+
+def _bind(target: ast.AST, value: ast.AST, into: dict[str, ast.AST]) -> None:
+    """`for a, (b, c) in ...` over a literal row: each name to its part of the row (what cannot be split is left out)."""
+    if isinstance(target, ast.Name):
+        into[target.id] = value
+    elif isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+        for part, part_value in zip(target.elts, value.elts):
+            _bind(part, part_value, into)
+
+
+def _loop_rows(loop: ast.For, bound: dict[str, ast.AST]) -> list[ast.AST] | None:
+    """The rows of a loop over a literal table (`for k, v in TABLE.items()`, `for row in [...]`), else None."""
+    table, items = loop.iter, False
+    if isinstance(table, ast.Call) and isinstance(table.func, ast.Attribute) and table.func.attr == "items":
+        table, items = table.func.value, True
+    if isinstance(table, ast.Name):
+        table = bound.get(table.id)
+    if items and isinstance(table, ast.Dict) and None not in table.keys:
+        return [ast.Tuple(elts=[key, value]) for key, value in zip(table.keys, table.values)]
+    if not items and isinstance(table, (ast.List, ast.Tuple)):
+        return list(table.elts)
+    return None
 
 
 def _raised_type(node: ast.Raise) -> str | None:
@@ -56,31 +90,44 @@ def _raised_type(node: ast.Raise) -> str | None:
 
 
 def _refusals_in(path: Path) -> list[Refusal]:
+    """A raise inside a loop over a literal table (one reason per option, say) is listed once per row."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     module = path.relative_to(ROOT).as_posix()
+    module_names = {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+    }
     found = []
 
-    def visit(node: ast.AST, function: str, assignments: dict[str, ast.AST]) -> None:
+    def visit(node: ast.AST, function: str, bound: dict[str, ast.AST]) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             function = node.name if function == "" else f"{function}.{node.name}"
-            assignments = {}
+            bound = dict(module_names)
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            assignments[node.targets[0].id] = node.value
+            bound[node.targets[0].id] = node.value
+        if isinstance(node, ast.For) and (rows := _loop_rows(node, bound)) is not None:
+            for row in rows:
+                row_bound = dict(bound)
+                _bind(node.target, row, row_bound)
+                for child in node.body:
+                    visit(child, function, row_bound)
+            return
         if isinstance(node, ast.Raise) and (error := _raised_type(node)):
             arguments = node.exc.args
-            message = _render(arguments[0], assignments) if arguments else ""
+            message = _render(arguments[0], bound) if arguments else ""
             found.append(Refusal(module, function or "(module)", node.lineno, error, " ".join(message.split())))
         for child in ast.iter_child_nodes(node):
-            visit(child, function, assignments)
+            visit(child, function, bound)
 
-    visit(tree, "", {})
+    visit(tree, "", dict(module_names))
     return found
 
 
 def collect_refusals(root: Path = ROOT) -> list[Refusal]:
     """Every refusal raised in `longalign_hf/` and `recipes/`, in file and line order."""
     paths = sorted(path for source in SOURCES for path in (root / source).rglob("*.py"))
-    return [refusal for path in paths for refusal in _refusals_in(path)]
+    return list(dict.fromkeys(refusal for path in paths for refusal in _refusals_in(path)))  # rows alike: once
 
 
 def _markdown_text(message: str) -> str:
@@ -127,7 +174,9 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     """Replace the guide's markers with what the code says now."""
     if REFUSALS_MARKER in markdown:
         refusals = collect_refusals()
-        summary = f"{len(refusals)} messages in {len({r.module for r in refusals})} modules, read from the code.\n\n"
+        raises = len({(r.module, r.line) for r in refusals})
+        modules = len({r.module for r in refusals})
+        summary = f"{len(refusals)} messages from {raises} raise statements in {modules} modules.\n\n"
         markdown = markdown.replace(REFUSALS_MARKER, summary + refusals_markdown(refusals))
     if LAYOUT_MARKER in markdown:
         markdown = markdown.replace(LAYOUT_MARKER, collator_layout())
