@@ -67,10 +67,13 @@ def test_a_broken_link_or_an_unresolved_reference_fails_the_build(tmp_path):
 
 def test_the_troubleshooting_page_lists_every_refusal_in_the_code(site):
     # Reference: a plain text search for the raise statements, independent of the hook's syntax-tree walk.
-    sources = [path for folder in ("longalign_hf", "recipes") for path in (ROOT / folder).rglob("*.py")]
-    expected = sum(
-        len(re.findall(r"raise (?:UserInputError|ValueError)\(", path.read_text(encoding="utf-8"))) for path in sources
-    )
+    sources = [p.read_text("utf-8") for folder in ("longalign_hf", "recipes") for p in (ROOT / folder).rglob("*.py")]
+    types = ["UserInputError", "ValueError", "TypeError"]
+    types += [
+        name for source in sources for name in re.findall(rf"^class (\w+)\((?:{'|'.join(types)})\):", source, re.M)
+    ]
+    assert {"ConversationError", "RegistryUnreachableError"} <= set(types)  # a bad row's reason, an unreachable index
+    expected = sum(len(re.findall(rf"raise (?:{'|'.join(types)})\(", source)) for source in sources)
     refusals = _hooks().collect_refusals()
     assert len({(r.module, r.line) for r in refusals}) == expected > 200
     page = _text(site / "troubleshooting" / "index.html")
@@ -82,6 +85,7 @@ def test_the_troubleshooting_page_lists_every_refusal_in_the_code(site):
     assert found[0].function == "LongAlignConfig.__post_init__"
     assert "batching='pack' needs max_length (the size of a pack); set it, e.g. max_length=65536." in page
     assert not any(r.message == "" for r in refusals)
+    assert "the conversation has no assistant turn, so it has nothing to learn from" in page
 
 
 @pytest.mark.parametrize(

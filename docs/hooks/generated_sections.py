@@ -1,7 +1,7 @@
 """MkDocs hook: the guide's sections that are read from the code at build time, so they cannot drift from it.
 
 - `<!-- refusals -->` (troubleshooting.md) becomes every message that `longalign_hf/` and `recipes/` raise as
-  `UserInputError` or `ValueError`, found by walking their syntax trees (nothing is imported), with the module and
+  `UserInputError`, `ValueError`, `TypeError` or a subclass of them, found by walking their syntax trees (nothing is imported), with the module and
   function that raise it; a raise in a loop over a literal table of options and reasons gives one message per row.
 - `<!-- collator-layout -->` (concepts.md) becomes the packed-layout table of `LongAlignDataCollator`'s docstring.
 """
@@ -16,7 +16,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("longalign_hf", "recipes")
-REFUSAL_TYPES = ("UserInputError", "ValueError")
+# What a user can meet: bad input (`UserInputError`) and the values and types the public API refuses; the package's
+# own subclasses of these (`ConversationError`, a bad data row's reason) are found in the source. `RuntimeError`s
+# guard internal invariants and are not listed.
+BASE_REFUSAL_TYPES = ("UserInputError", "ValueError", "TypeError")
 REFUSALS_MARKER = "<!-- refusals -->"
 LAYOUT_MARKER = "<!-- collator-layout -->"
 
@@ -81,18 +84,28 @@ def _loop_rows(loop: ast.For, bound: dict[str, ast.AST]) -> list[ast.AST] | None
     return None
 
 
-def _raised_type(node: ast.Raise) -> str | None:
+def refusal_types(trees: list[ast.Module]) -> set[str]:
+    """The base refusal types and every class the sources derive from them (directly or not)."""
+    types, bases = set(BASE_REFUSAL_TYPES), {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases[node.name] = {getattr(base, "id", getattr(base, "attr", None)) for base in node.bases}
+    while new := {name for name, parents in bases.items() if parents & types} - types:
+        types |= new
+    return types
+
+
+def _raised_type(node: ast.Raise, types: set[str]) -> str | None:
     call = node.exc
     if not isinstance(call, ast.Call):
         return None
     name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", None)
-    return name if name in REFUSAL_TYPES else None
+    return name if name in types else None
 
 
-def _refusals_in(path: Path) -> list[Refusal]:
+def _refusals_in(tree: ast.Module, module: str, types: set[str]) -> list[Refusal]:
     """A raise inside a loop over a literal table (one reason per option, say) is listed once per row."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    module = path.relative_to(ROOT).as_posix()
     module_names = {
         node.targets[0].id: node.value
         for node in tree.body
@@ -113,7 +126,7 @@ def _refusals_in(path: Path) -> list[Refusal]:
                 for child in node.body:
                     visit(child, function, row_bound)
             return
-        if isinstance(node, ast.Raise) and (error := _raised_type(node)):
+        if isinstance(node, ast.Raise) and (error := _raised_type(node, types)):
             arguments = node.exc.args
             message = _render(arguments[0], bound) if arguments else ""
             found.append(Refusal(module, function or "(module)", node.lineno, error, " ".join(message.split())))
@@ -127,7 +140,10 @@ def _refusals_in(path: Path) -> list[Refusal]:
 def collect_refusals(root: Path = ROOT) -> list[Refusal]:
     """Every refusal raised in `longalign_hf/` and `recipes/`, in file and line order."""
     paths = sorted(path for source in SOURCES for path in (root / source).rglob("*.py"))
-    return list(dict.fromkeys(refusal for path in paths for refusal in _refusals_in(path)))  # rows alike: once
+    trees = {path.relative_to(root).as_posix(): ast.parse(path.read_text(encoding="utf-8")) for path in paths}
+    types = refusal_types(list(trees.values()))
+    found = [refusal for module, tree in trees.items() for refusal in _refusals_in(tree, module, types)]
+    return list(dict.fromkeys(found))  # rows of a table that give the same message: once
 
 
 def _markdown_text(message: str) -> str:
