@@ -137,6 +137,16 @@ def test_the_benchmarks_page_includes_benchmarks_md_rather_than_a_copy(site):
         assert heading.replace("`", "") in page.replace("&amp;", "&")
 
 
+def test_every_picture_of_the_guide_is_in_the_site(site):
+    """BENCHMARKS.md's pictures point at repository paths; included in the guide, they must resolve there too."""
+    for page in site.rglob("*.html"):
+        for source in re.findall(r'<img[^>]*\bsrc="([^"]+)"', page.read_text(encoding="utf-8")):
+            if not re.match(r"[a-z]+:|/", source):
+                assert (page.parent / source).resolve().is_file(), (page, source)
+    pictures = "![a](benchmark/figures/a.png) ![b](https://x/b.png) ![c](<c d.png> 'title') [d](d.png)"
+    assert _hooks().local_pictures(pictures) == ["benchmark/figures/a.png", "c d.png"]
+
+
 def test_the_api_reference_documents_exactly_the_public_names(site):
     reference = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
     assert re.findall(r"^::: longalign_hf\.(\w+)$", reference, flags=re.M) and sorted(

@@ -4,6 +4,7 @@
   `UserInputError`, `ValueError`, `TypeError` or a subclass of them, found by walking their syntax trees (nothing is imported), with the module and
   function that raise it; a raise in a loop over a literal table of options and reasons gives one message per row.
 - `<!-- collator-layout -->` (concepts.md) becomes the packed-layout table of `LongAlignDataCollator`'s docstring.
+- The pictures BENCHMARKS.md shows (benchmarks.md includes it) join the site at the same paths, so they show there too.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mkdocs.structure.files import File
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("longalign_hf", "recipes")
 # What a user can meet: bad input (`UserInputError`) and the values and types the public API refuses; the package's
 # own subclasses of these (`ConversationError`, a bad data row's reason) are found in the source. `RuntimeError`s
 # guard internal invariants and are not listed.
 BASE_REFUSAL_TYPES = ("UserInputError", "ValueError", "TypeError")
+INCLUDED_WITH_PICTURES = ("BENCHMARKS.md",)  # at the repository root, included by docs/benchmarks.md (at docs/'s root)
 REFUSALS_MARKER = "<!-- refusals -->"
 LAYOUT_MARKER = "<!-- collator-layout -->"
 
@@ -197,3 +201,19 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if LAYOUT_MARKER in markdown:
         markdown = markdown.replace(LAYOUT_MARKER, collator_layout())
     return markdown
+
+
+def local_pictures(markdown: str) -> list[str]:
+    """The repository-relative paths of the pictures a Markdown file shows (`![...](path)`), web addresses left out."""
+    found = re.findall(r"!\[[^\]]*\]\(\s*(?:<([^>]+)>|([^)\s]+))", markdown)
+    targets = [bracketed or plain for bracketed, plain in found]
+    return [target for target in targets if not re.match(r"[a-z]+:|/|#", target)]
+
+
+def on_files(files, config):
+    """Add the pictures of the included files to the site at their repository paths, where the included text points."""
+    for included in INCLUDED_WITH_PICTURES:
+        for picture in local_pictures((ROOT / included).read_text(encoding="utf-8")):
+            if (ROOT / picture).is_file() and files.get_file_from_path(picture) is None:
+                files.append(File.generated(config, picture, abs_src_path=str(ROOT / picture)))
+    return files
