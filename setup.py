@@ -23,8 +23,17 @@ EXTRAS = {
     # Ulysses sequence parallelism (`sp_size`) needs DeepSpeed >= 0.18.2 through accelerate; tested with 0.19.8.
     "deepspeed": ["deepspeed>=0.19.8"],
     # The test suite runs the sequence-parallel tests on the real DeepSpeed engine (gloo on CPU), and converts
-    # SmolLM2-135M-Instruct's GGUF file (`longalign model fetch`) for the tests on real weights.
-    "dev": ["pytest>=8.0", "ruff>=0.6", "deepspeed>=0.19.8", "gguf>=0.19"],
+    # SmolLM2-135M-Instruct's GGUF file (`longalign model fetch`) for the tests on real weights, and builds the user
+    # guide in strict mode (MkDocs, Material, mkdocstrings; tests/test_docs.py).
+    "dev": [
+        "pytest>=8.0",
+        "ruff>=0.6",
+        "deepspeed>=0.19.8",
+        "gguf>=0.19",
+        "mkdocs>=1.6.1",
+        "mkdocs-material>=9.8.2",
+        "mkdocstrings-python>=2.0.11",
+    ],
 }
 
 setup(
