@@ -22,6 +22,11 @@ skipped one. Without a CUDA device it prints that it skipped and exits 0.
     python benchmark/loss_memory.py --device cuda    # the same on the GPU: bf16, hidden size 4096
     python benchmark/loss_memory.py --quick          # a smoke test (small sizes)
     python benchmark/loss_memory.py --quick --jobs 2 # the same, two measurements at a time
+    python benchmark/loss_memory.py --chart loss_memory.png
+
+`--chart PATH` (default: no chart) writes a PNG of the table: peak memory of ours (chunked) and of full logits per
+token count, on a log scale, each bar labelled with the table's figure (GiB, or MiB when every figure is under 1 GiB);
+extrapolated full-logits figures are hatched and marked `~`, and ours carry the table's ours / full ratio.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from _charts import command_line, grouped_bars, machine, new_figure, save
 from _lengths import print_header, print_table, rss_bytes
 
 TARGET_RATIO_AT_32K = 0.10
@@ -139,6 +145,46 @@ def run(
     return results
 
 
+def chart(results: list[dict], path: str, command: str, setting: str, cuda: bool = False):
+    """Draw the table: peak memory of ours and of full logits per token count (log scale); returns the figure.
+
+    `setting` says what was measured (vocabulary, hidden size, dtype), for the title.
+    """
+    peaks = [row[key] for row in results for key in ("chunked", "full") if row[key] is not None]
+    unit, scale = ("GiB", 2**30) if max(peaks) >= 2**30 else ("MiB", 2**20)
+    ours = [row["chunked"] / scale for row in results]
+    full = [None if row["full"] is None else row["full"] / scale for row in results]
+    labels = {
+        "ours (chunked)": [
+            f"{value:.2f}" + ("" if row["full"] is None else f"\n{row['chunked'] / row['full']:.3f}x full")
+            for value, row in zip(ours, results)
+        ],
+        "full logits": [
+            "-" if value is None else f"{'' if row['full_measured'] else '~'}{value:.2f}"
+            for value, row in zip(full, results)
+        ],
+    }
+    figure, (axes,) = new_figure(width=8.0, height=5.2)
+    groups = [f"{row['tokens']:,}" for row in results]
+    bars = grouped_bars(axes, groups, {"ours (chunked)": ours, "full logits": full}, labels, log=True)
+    for bar, row in zip(bars["full logits"], results):
+        if not row["full_measured"]:
+            bar.set_hatch("//")
+            bar.set_alpha(0.45)
+    from matplotlib.patches import Patch
+
+    handles, names = axes.get_legend_handles_labels()
+    if not all(row["full_measured"] for row in results):
+        handles.append(Patch(facecolor=bars["full logits"].patches[0].get_facecolor(), alpha=0.45, hatch="//"))
+        names.append("~ full logits, extrapolated linearly in tokens (not run)")
+    axes.legend(handles, names, fontsize=8, loc="upper left")
+    axes.set_xlabel(f"tokens in the batch (target: ours / full <= {TARGET_RATIO_AT_32K} at 32,768)")
+    axes.set_ylabel(f"peak memory above the inputs ({unit}, log scale)")
+    title = f"Loss forward + backward: our chunked loss vs full logits\n{setting}, {machine(cuda)}"
+    save(figure, path, title, command)
+    return figure
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the loss runs")
@@ -154,13 +200,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     parser.add_argument("--jobs", type=int, default=1, help="measurements at a time on the CPU (default 1)")
+    parser.add_argument("--chart", metavar="PATH", help="also draw the table as a PNG chart at PATH (default: none)")
     parser.add_argument("--worker", nargs=4, metavar=("PATH", "TOKENS", "VOCAB", "HIDDEN"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         path, tokens, vocab, hidden = args.worker
         print(json.dumps({"peak_bytes": _measure(path, int(tokens), int(vocab), int(hidden))}))
         return []
-    print_header("benchmark/loss_memory.py", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    print_header("benchmark/loss_memory.py", argv)
     cuda = args.device == "cuda"
     if cuda:  # on the CPU, only the measuring processes need torch
         import torch
@@ -200,6 +248,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("\n~ = extrapolated linearly in tokens from the largest full-logits size that ran")
     if any(row["full_oom"] for row in results):
         print("(full logits ran out of GPU memory at the sizes marked ~ that were tried)")
+    if args.chart:
+        setting = f"vocabulary {args.vocab:,}, hidden size {args.hidden}, {'bf16' if cuda else 'fp32'}"
+        chart(results, args.chart, command_line("loss_memory.py", argv), setting, cuda)
     return results
 
 

@@ -35,6 +35,11 @@ Run from the repository root (after `pip install -e .`):
     python benchmark/planner_vs_trl.py --no-token-bytes     # the same without token copies
     python benchmark/planner_vs_trl.py --lengths lengths.npy
     python benchmark/planner_vs_trl.py --quick              # 5,000 lengths: a smoke test
+    python benchmark/planner_vs_trl.py --chart planner_vs_trl.png
+
+`--chart PATH` (default: no chart) writes a PNG of the table: one bar per method (named as in the table) in two
+panels, seconds on a log scale (labelled with the seconds and the time / plan_packs bfd) and fill on 0-1 (labelled
+with the table's fill). Our methods are blue, TRL's orange.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import trl
+from _charts import command_line, grouped_bars, machine, new_figure, save
 from _lengths import load_lengths, long_tailed_lengths, print_header, print_table
 from datasets.fingerprint import Hasher
 
@@ -162,6 +168,37 @@ def run(
     return rows
 
 
+def chart(rows: list[dict], path: str, command: str, source: str, max_length: int, repeats: int):
+    """Draw the table's rows: seconds (log scale) and fill of every method, as horizontal bars; returns the figure."""
+    figure, (time_axes, fill_axes) = new_figure(panels=2, width=6.6, height=0.5 * len(rows) + 2.6, sharey=True)
+    methods = [row["method"] for row in rows]
+    colors = ["#E69F00" if method.startswith("TRL") else "#0072B2" for method in methods]
+    seconds = [f"{row['seconds']:.3g} s ({row['vs_ours']:.3g}x)" for row in rows]
+    for axes, key, labels, log in ((time_axes, "seconds", seconds, True),
+                                   (fill_axes, "fill", [f"{row['fill']:.5f}" for row in rows], False)):  # fmt: skip
+        (bars,) = grouped_bars(axes, methods, {key: [row[key] for row in rows]}, {key: labels}, log=log,
+                               horizontal=True).values()  # fmt: skip
+        for bar, color in zip(bars, colors):
+            bar.set_color(color)
+    time_axes.invert_yaxis()  # the table's order, top to bottom
+    time_axes.set_xlabel(f"seconds, best of {repeats} (log scale); (Nx): time / plan_packs bfd")
+    fill_axes.set_xlim(0, 1.25)
+    fill_axes.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    fill_axes.set_xlabel("fill: tokens / (packs x max_length), 0-1")
+    from matplotlib.patches import Patch
+
+    time_axes.legend(  # upper right: the planner rows' bars are short
+        [Patch(color="#0072B2"), Patch(color="#E69F00")], ["longalign_hf", f"TRL {trl.__version__}"], fontsize=8,
+        loc="upper right",
+    )  # fmt: skip
+    title = (
+        f"Packing {source} into rows of {max_length:,} tokens: our planner and pack_dataset vs TRL's pack_dataset\n"
+        f"{machine()}; seconds: best of {repeats}"
+    )
+    save(figure, path, title, command)
+    return figure
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -178,6 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--no-token-bytes", action="store_true", help="Tokens as Arrow nulls: time planning without token copies."
     )
+    parser.add_argument("--chart", metavar="PATH", help="Also draw the table as a PNG chart at PATH (default: none).")
     args = parser.parse_args(argv)
     if args.repeats < 1 or (args.n is not None and args.n < 1):
         parser.error("--repeats and --n must be positive")
@@ -226,6 +264,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ],
     )
     print(f"Every method packed each of the {len(lengths):,} samples exactly once ({int(lengths.sum()):,} tokens).")
+    if args.chart:
+        tokens = "null tokens" if args.no_token_bytes else "int32 tokens"
+        chart(rows, args.chart, command_line("planner_vs_trl.py", argv), f"{source} ({tokens})", args.max_length,
+              args.repeats)  # fmt: skip
     return rows
 
 

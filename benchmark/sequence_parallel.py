@@ -20,6 +20,11 @@ but the step times then share the CPU: for a smoke test).
 
     python benchmark/sequence_parallel.py --steps 2            # 16k / 32k / 64k tokens, sp_size 1 and 2, on the CPU
     python benchmark/sequence_parallel.py --quick              # a smoke test (2k tokens)
+    python benchmark/sequence_parallel.py --steps 2 --chart sequence_parallel.png
+
+`--chart PATH` (default: no chart) writes a PNG of the table's memory columns: activations per rank and peak above
+start, one bar per sp_size for each row length, labelled with the table's MiB and ratio to sp_size 1. Step times stay
+in the table only: on one CPU they are not a speed-up figure.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from _charts import command_line, grouped_bars, machine, new_figure, save
 from _lengths import free_port, print_header, rss_bytes
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 256, 4, 8, 4
@@ -175,13 +181,46 @@ def _cell(measured: dict, base: dict | None, key: str) -> str:
     return f"{measured[key] / 2**20:,.0f} | {ratio}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def chart(results: list[dict], path: str, command: str, steps: int, checkpointing: bool, cuda: bool = False):
+    """Draw the table's memory columns: MiB per rank for every (row length, sp_size), two panels; returns the figure."""
+    lengths = list(dict.fromkeys(r["length"] for r in results))
+    sizes = list(dict.fromkeys(r["sp_size"] for r in results))
+    cell = {(r["length"], r["sp_size"]): r for r in results}
+    figure, panels = new_figure(panels=2, width=6.0, height=5.0)
+    columns = (("saved_bytes", "activations per rank (MiB)"), ("peak_bytes", "peak RSS above start (MiB)"))
+    for axes, (key, label) in zip(panels, columns):
+        series, labels = {}, {}
+        for size in sizes:
+            rows = [cell.get((length, size)) for length in lengths]
+            series[f"sp_size {size}"] = [r and r[key] / 2**20 for r in rows]
+            labels[f"sp_size {size}"] = [
+                "" if r is None else f"{r[key] / 2**20:,.0f}" + (
+                    f"\n{r[key] / cell[(length, 1)][key]:.2f}x" if size != 1 and (length, 1) in cell else ""
+                )
+                for r, length in zip(rows, lengths)
+            ]  # fmt: skip
+        grouped_bars(axes, [f"{length:,}" for length in lengths], series, labels)
+        axes.set_title(label, fontsize=10)
+        axes.set_ylabel("MiB, of the largest rank")
+        axes.set_xlabel("tokens per row (each rank holds tokens / sp_size)")
+        axes.legend(fontsize=8, loc="upper left", title="Nx: vs sp_size 1", title_fontsize=8)
+    title = (
+        f"Memory per rank with DeepSpeed Ulysses sequence parallelism, sp_size {' vs '.join(map(str, sizes))}\n"
+        f"Llama shape (hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads), fp32, packed rows, {steps} steps, activation "
+        f"checkpointing {'on' if checkpointing else 'off'}; {machine(cuda)}"
+    )
+    save(figure, path, title, command)
+    return figure
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768, 65536])
     parser.add_argument("--sp-sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="2k tokens, 2 steps: a smoke test")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--chart", metavar="PATH", help="also draw the memory columns as a PNG chart at PATH")
     parser.add_argument(
         "--activation-checkpointing", choices=["on", "off"], default="off",
         help="recompute each layer in the backward, as the recipes do (default off: every activation is kept, so the "
@@ -193,11 +232,12 @@ def main(argv: list[str] | None = None) -> None:
     if options.worker:
         length, sp_size, steps, checkpointing, output = options.worker
         _worker(int(length), int(sp_size), int(steps), checkpointing == "1", output)
-        return
+        return []
     if options.quick:
         options.lengths, options.steps = [2048], 2
     checkpointing = options.activation_checkpointing == "on"
-    print_header("benchmark/sequence_parallel.py", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    print_header("benchmark/sequence_parallel.py", argv)
     print(
         f"Model: Llama shape, hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads ({KV_HEADS} kv), fp32, packed rows; "
         f"activation checkpointing {options.activation_checkpointing}; {options.steps} steps"
@@ -227,6 +267,12 @@ def main(argv: list[str] | None = None) -> None:
     if options.json:
         with open(options.json, "w") as handle:
             json.dump(results, handle, indent=2)
+    if options.chart:
+        import torch
+
+        chart(results, options.chart, command_line("sequence_parallel.py", argv), options.steps, checkpointing,
+              torch.cuda.is_available())  # fmt: skip
+    return results
 
 
 if __name__ == "__main__":

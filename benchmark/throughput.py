@@ -12,6 +12,11 @@ process count, as process start-up is most of its time.
 
     python benchmark/throughput.py            # the full embedded default data (280 samples), 3 repeats
     python benchmark/throughput.py --quick    # a smoke test (small data, 1 repeat)
+    python benchmark/throughput.py --chart throughput.png   # also draws the table: tokens/s per mode and processes
+
+`--chart PATH` (default: no chart) writes a PNG of the table: tokens/s of every mode, grouped by process count, with
+the min-max of the runs as whiskers, each bar labelled with its tokens/s and its ratio to naive batching, and the 2x
+target drawn over the packing bars of 2+ processes.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import tempfile
 
 import numpy as np
+from _charts import command_line, grouped_bars, machine, new_figure, save
 from _lengths import free_port, print_header, print_table
 
 from longalign_hf.training.distributed import run_then_exit, run_with_deadline
@@ -105,6 +111,54 @@ def run(processes: list[int], data_args: list[str], repeats: int = 1, one_launch
     return results
 
 
+def vs_naive(result: dict, results: list[dict]) -> float:
+    """`result`'s samples/s over naive batching's on the same number of processes."""
+    naive = next(r for r in results if r["mode"] == "naive" and r["processes"] == result["processes"])
+    return (result["samples"] / result["runtime"]) / (naive["samples"] / naive["runtime"])
+
+
+def chart(results: list[dict], path: str, command: str, repeats: int):
+    """Draw `results` as the table shows them: tokens/s per mode (bars) and process count (groups); returns the figure.
+
+    Each bar is the median run's tokens/s, its whisker the slowest and fastest run's, its label the table's tokens/s
+    and "vs naive" cells. Over the packing bars of 2+ processes a dashed line marks the target (2x naive's tokens/s).
+    """
+    processes = list(dict.fromkeys(r["processes"] for r in results))
+    cell = {(r["mode"], r["processes"]): r for r in results}
+    modes = [mode for mode in MODES if any(r["mode"] == mode for r in results)]
+    series, spread, labels = {}, {}, {}
+    for mode in modes:
+        rows = [cell.get((mode, n)) for n in processes]
+        series[mode] = [r and r["tokens"] / r["runtime"] for r in rows]
+        spread[mode] = [r and (r["tokens"] / r["runtimes"][-1], r["tokens"] / r["runtimes"][0]) for r in rows]
+        labels[mode] = [f"{r['tokens'] / r['runtime']:,.0f}\n{vs_naive(r, results):.2f}x naive" if r else "" for r in rows]
+    figure, (axes,) = new_figure(width=9.0, height=5.4)
+    groups = [f"{n} process{'es' if n > 1 else ''}" for n in processes]
+    containers = grouped_bars(axes, groups, series, labels, spread)
+    target_label = f"target: pack >= {TARGET_PACK_OVER_NAIVE:g}x naive (2+ processes)"
+    for group, n in enumerate(processes):
+        naive = cell.get(("naive", n))
+        if n > 1 and naive:
+            packs = [bar for mode in modes if mode.startswith("pack") for bar in [containers[mode][group]]]
+            left, right = min(b.get_x() for b in packs), max(b.get_x() + b.get_width() for b in packs)
+            target = TARGET_PACK_OVER_NAIVE * naive["tokens"] / naive["runtime"]
+            axes.hlines(target, left, right, colors="0.2", linestyles="--", label=target_label)
+            target_label = None  # one legend entry
+            axes.set_ylim(top=max(axes.get_ylim()[1], 1.15 * target))
+    axes.set_ylabel("training throughput (tokens/s, real tokens, no padding)")
+    axes.set_xlabel("processes (gloo, 1 CPU thread each); whiskers: slowest to fastest run")
+    handles, names = axes.get_legend_handles_labels()  # the modes first, as in the table, then the target
+    order = sorted(range(len(names)), key=lambda index: names[index].startswith("target"))
+    axes.legend([handles[i] for i in order], [names[i] for i in order], title="mode", fontsize=8, loc="upper left")
+    first = results[0]
+    title = (
+        f"Training throughput by batching mode: tiny Llama, one epoch of the embedded default "
+        f"({first['samples']} samples, {first['tokens']:,} tokens)\n{machine()}; median of {repeats} run(s)"
+    )
+    save(figure, path, title, command)
+    return figure
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--processes", default="1,2", help="comma-separated process counts")
@@ -112,13 +166,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument(
         "--quick", action="store_true", help="small data, one repeat, every mode in one launch: a smoke test"
     )
+    parser.add_argument("--chart", metavar="PATH", help="also draw the table as a PNG chart at PATH (default: none)")
     parser.add_argument("--worker", nargs=2, metavar=("OUT", "MODES"), help=argparse.SUPPRESS)
     args, data_args = parser.parse_known_args(argv)
     if args.worker:
         out_path, modes = args.worker
         run_then_exit(_worker, out_path, modes.split(","), [a for a in data_args if a != "--"])
         return []
-    print_header("benchmark/throughput.py", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    print_header("benchmark/throughput.py", argv)
     data_args = ["--save_strategy", "no", "--logging_steps", "100000", "--num_train_epochs", "1",
                  "--gradient_accumulation_steps", "1", "--per_device_train_batch_size", "1"]  # fmt: skip
     if args.quick:
@@ -127,8 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = run([int(n) for n in args.processes.split(",")], data_args, repeats, one_launch=args.quick)
     rows = []
     for result in results:
-        naive = next(r for r in results if r["mode"] == "naive" and r["processes"] == result["processes"])
-        ratio = (result["samples"] / result["runtime"]) / (naive["samples"] / naive["runtime"])
+        ratio = vs_naive(result, results)
         target = status = ""
         if result["mode"].startswith("pack") and result["processes"] > 1:
             target, status = f">= {TARGET_PACK_OVER_NAIVE}x", "PASS" if ratio >= TARGET_PACK_OVER_NAIVE else "FAIL"
@@ -145,6 +200,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(
         ["mode", "processes", "samples", "seconds", "samples/s", "tokens/s", "vs naive", "target", "status"], rows
     )
+    if args.chart:
+        chart(results, args.chart, command_line("throughput.py", argv), repeats)
     return results
 
 

@@ -1,0 +1,120 @@
+"""Shared by the benchmarks that draw their table as a PNG (`--chart PATH`): grouped bars, titles, the command line.
+
+Drawn with matplotlib's Agg backend on a `Figure` of its own (no pyplot, no display, nothing left open), as the needle
+heatmap is (`longalign_hf.evaluation.needle.heatmap`). Each script's `chart(...)` builds its figure with these
+helpers and returns it, so a test can read back the bars it drew (`axes.containers`: one `BarContainer` per series,
+labelled with the series' name, its bars' heights and its `datavalues`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+# Colour-blind-safe (Okabe-Ito), one per series in the order the table lists them.
+COLORS = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+
+
+def machine(cuda: bool = False) -> str:
+    """The machine in a few words, for a chart's title: the GPU's name, or the CPU's cores and architecture."""
+    if cuda:
+        import torch
+
+        return torch.cuda.get_device_name()
+    return f"{os.cpu_count()}-core {platform.machine()} CPU"
+
+
+def command_line(script: str, argv: Sequence[str]) -> str:
+    """The command that made a chart, as `print_header` prints it: `python benchmark/x.py ARGS`."""
+    return f"python benchmark/{script} {' '.join(argv)}".rstrip()
+
+
+def new_figure(panels: int = 1, width: float = 6.4, height: float = 4.8, sharey: bool = False):
+    """A figure of `panels` axes side by side, `width` inches each; returns `(figure, [axes, ...])`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width * panels, height), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels, sharey=sharey, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def grouped_bars(
+    axes,
+    groups: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    labels: dict[str, Sequence[str]] | None = None,
+    spread: dict[str, Sequence[tuple[float, float] | None]] | None = None,
+    log: bool = False,
+    horizontal: bool = False,
+    colors: dict[str, str] | None = None,
+    label_rotation: float = 0,
+) -> dict:
+    """Draw one bar per (group, series) on `axes`, the series side by side within each group; `None`: no bar.
+
+    `labels` are the texts written at the end of each bar (the table's cells), `spread` the (low, high) of each bar
+    drawn as a whisker. The value axis is logarithmic with `log` and leaves room for the labels. Returns
+    `{series name: BarContainer}`.
+    """
+    width = 0.8 / len(series)
+    containers = {}
+    for index, (name, values) in enumerate(series.items()):
+        positions = [group + (index - (len(series) - 1) / 2) * width for group in range(len(groups))]
+        heights = [math.nan if value is None else value for value in values]
+        whiskers = None
+        if spread and spread.get(name):
+            low_high = [(math.nan, math.nan) if pair is None else pair for pair in spread[name]]
+            whiskers = [[h - low for h, (low, _) in zip(heights, low_high)],
+                        [high - h for h, (_, high) in zip(heights, low_high)]]  # fmt: skip
+        color = (colors or {}).get(name, COLORS[index % len(COLORS)])
+        if horizontal:
+            container = axes.barh(positions, heights, height=width, xerr=whiskers, label=name, color=color,
+                                  capsize=3)  # fmt: skip
+        else:
+            container = axes.bar(positions, heights, width=width, yerr=whiskers, label=name, color=color, capsize=3)
+        if labels and labels.get(name):
+            axes.bar_label(container, labels=list(labels[name]), padding=3, fontsize=8, rotation=label_rotation)
+        containers[name] = container
+    (axes.set_yticks if horizontal else axes.set_xticks)(range(len(groups)), list(groups))
+    _leave_room_for_labels(axes, series, spread, log, horizontal, label_rotation)
+    return containers
+
+
+def _leave_room_for_labels(axes, series, spread, log: bool, horizontal: bool, label_rotation: float) -> None:
+    values = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
+    values += [high for pairs in (spread or {}).values() for pair in pairs if pair for high in pair[1:]]
+    if not values:
+        return
+    top, positive = max(values), [v for v in values if v > 0]
+    room = 1.45 if label_rotation else 1.2  # rotated labels stand taller than flat ones
+    if log and positive:
+        # From the decade below the smallest bar: a bar's length then still reads as its size, not as a sliver.
+        limits = (10 ** math.floor(math.log10(min(positive))), top * (8 if label_rotation else 4))
+    else:
+        limits = (0, top * room)
+    value_axis = axes.xaxis if horizontal else axes.yaxis
+    (axes.set_xscale if horizontal else axes.set_yscale)("log" if log else "linear")
+    (axes.set_xlim if horizontal else axes.set_ylim)(*limits)
+    from matplotlib.ticker import FuncFormatter
+
+    value_axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.12g}"))  # 30,000 and 0.1, not 30000, 10^-1
+
+
+def save(figure, path: str | os.PathLike, title: str, command: str) -> Path:
+    """Title the figure, write the command that made it along the bottom, lay it out and save it as a PNG.
+
+    Title lines longer than the figure is wide are wrapped.
+    """
+    columns = int(figure.get_figwidth() * 10)  # characters of an 11-point title per line
+    figure.suptitle("\n".join(textwrap.fill(line, columns) for line in title.splitlines()), fontsize=11)
+    figure.text(0.005, 0.005, f"$ {command}", fontsize=7, family="monospace", color="0.35", va="bottom")
+    figure.tight_layout(rect=(0, 0.03, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
