@@ -102,7 +102,18 @@ def _leave_room_for_labels(axes, series, spread, log: bool, horizontal: bool, la
     (axes.set_xlim if horizontal else axes.set_ylim)(*limits)
     from matplotlib.ticker import FuncFormatter
 
-    value_axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.12g}"))  # 30,000 and 0.1, not 30000, 10^-1
+    value_axis.set_major_formatter(
+        FuncFormatter(lambda value, _: f"{value:,.12g}")
+    )  # 30,000 and 0.1, not 30000, 10^-1
+
+
+def legend(axes, **options) -> None:
+    """The axes' legend with the bar series first, in the order drawn (the table's), then the lines (targets, chance)."""
+    from matplotlib.container import BarContainer
+
+    handles, names = axes.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda index: not isinstance(handles[index], BarContainer))
+    axes.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, title_fontsize=8, **options)
 
 
 def save(figure, path: str | os.PathLike, title: str, command: str) -> Path:

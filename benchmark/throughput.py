@@ -29,7 +29,7 @@ import sys
 import tempfile
 
 import numpy as np
-from _charts import command_line, grouped_bars, machine, new_figure, save
+from _charts import command_line, grouped_bars, legend, machine, new_figure, save
 from _lengths import free_port, print_header, print_table
 
 from longalign_hf.training.distributed import run_then_exit, run_with_deadline
@@ -131,7 +131,9 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
         rows = [cell.get((mode, n)) for n in processes]
         series[mode] = [r and r["tokens"] / r["runtime"] for r in rows]
         spread[mode] = [r and (r["tokens"] / r["runtimes"][-1], r["tokens"] / r["runtimes"][0]) for r in rows]
-        labels[mode] = [f"{r['tokens'] / r['runtime']:,.0f}\n{vs_naive(r, results):.2f}x naive" if r else "" for r in rows]
+        labels[mode] = [
+            f"{r['tokens'] / r['runtime']:,.0f}\n{vs_naive(r, results):.2f}x naive" if r else "" for r in rows
+        ]
     figure, (axes,) = new_figure(width=9.0, height=5.4)
     groups = [f"{n} process{'es' if n > 1 else ''}" for n in processes]
     containers = grouped_bars(axes, groups, series, labels, spread)
@@ -147,9 +149,7 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
             axes.set_ylim(top=max(axes.get_ylim()[1], 1.15 * target))
     axes.set_ylabel("training throughput (tokens/s, real tokens, no padding)")
     axes.set_xlabel("processes (gloo, 1 CPU thread each); whiskers: slowest to fastest run")
-    handles, names = axes.get_legend_handles_labels()  # the modes first, as in the table, then the target
-    order = sorted(range(len(names)), key=lambda index: names[index].startswith("target"))
-    axes.legend([handles[i] for i in order], [names[i] for i in order], title="mode", fontsize=8, loc="upper left")
+    legend(axes, title="mode", loc="upper left")
     first = results[0]
     title = (
         f"Training throughput by batching mode: tiny Llama, one epoch of the embedded default "

@@ -25,7 +25,10 @@ teacher-forced argmax is right. The verdict's rule was fixed before the first co
 
     python benchmark/weighting_effect.py                    # 3 seeds x 4 modes, ~15 minutes on 2 CPU cores
     python benchmark/weighting_effect.py --quick            # a smoke test: tiny data, 3 steps, 1 seed
-    python benchmark/weighting_effect.py --out results.json
+    python benchmark/weighting_effect.py --out results.json --chart weighting_effect.png
+
+`--chart PATH` (default: none) draws the per-task table as a PNG: answer loss and exact match per mode and task (mean,
+whiskers min-max over seeds), chance on the 10-letter tasks; the base model's losses (5-10x) are in the title only.
 
 The sizes were calibrated on whether anything is learned at all, with one mode (naive + token, seed 0) on each family
 of tasks alone (once on the whole mix), never on a comparison of modes; BENCHMARKS.md lists the calibration runs. The
@@ -49,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from _charts import command_line, grouped_bars, legend, machine, new_figure, save
 from _lengths import print_header, print_table
 from _weighting_tasks import CALIBRATION_TASKS, LONG_INPUT_TASKS, TASKS, MixSizes, make_mix, pretraining_texts
 
@@ -59,6 +63,9 @@ MODES = {
     "sort + sequence": ("sort", "sequence"),
 }
 BASE = "base (before fine-tuning)"
+# The answer of majority and absent is one of 10 letters, then the end token: chance is ln(10) / 2 nats per answer
+# token and an exact match of 0.10.
+CHANCE = {"tasks": ("majority", "absent"), "answer_loss": float(np.log(10) / 2), "exact_match": 0.10}
 
 
 @dataclass(frozen=True)
@@ -298,6 +305,39 @@ def print_report(results: dict) -> None:
         print(f"\nPaper's direction: {results['verdict']}")
 
 
+def chart(results: dict, path: str, command: str):
+    """Draw the per-task table's answer loss and exact match: one bar per fine-tuning mode and task; returns the figure."""
+    runs, tasks, modes = results["runs"], results["tasks"], results["modes"]
+    figure, panels = new_figure(panels=2, width=6.6, height=5.2)
+    for axes, metric, label, digits in ((panels[0], "answer_loss", "answer loss (nats per answer token)", 3),
+                                        (panels[1], "exact_match", "exact match, teacher-forced (0-1)", 2)):  # fmt: skip
+        series, spread, labels = {}, {}, {}
+        for mode in modes:
+            values = [[r["tasks"][task][metric] for r in runs if r["mode"] == mode] for task in tasks]
+            series[mode] = [float(np.mean(v)) for v in values]
+            spread[mode] = [(min(v), max(v)) for v in values]
+            labels[mode] = [f"{np.mean(v):.{digits}f}" for v in values]
+        groups = [f"{task}\n({'long' if task in LONG_INPUT_TASKS else 'short'} input)" for task in tasks]
+        grouped_bars(axes, groups, series, labels, spread, label_rotation=90)
+        chance = [index for index, task in enumerate(tasks) if task in CHANCE["tasks"]]
+        for index in chance:
+            axes.hlines(CHANCE[metric], index - 0.45, index + 0.45, colors="0.2", linestyles="--",
+                        label=f"chance ({CHANCE[metric]:.{digits}f})" if index == chance[0] else None)  # fmt: skip
+        axes.set_ylabel(label)
+        axes.set_xlabel("held-out task; whiskers: min-max over seeds")
+        legend(axes, loc="upper left" if metric == "answer_loss" else "upper right", title="mode")
+    panels[1].set(ylim=(0, 1.25), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    base = [r["tasks"][task]["answer_loss"] for r in runs if r["mode"] == BASE for task in tasks]
+    title = (
+        f"Loss weighting's effect on a tiny Llama (hidden {results['settings']['hidden_size']}, "
+        f"{results['settings']['num_layers']} layers): held-out answer loss and exact match, mean over seeds "
+        f"{', '.join(map(str, results['seeds']))}\n{results['settings']['steps']} fine-tuning steps per mode; "
+        f"{machine()}; base model (not drawn): answer loss {min(base):.2f}-{max(base):.2f}"
+    )
+    save(figure, path, title, command)
+    return figure
+
+
 def _range(text: str) -> tuple[int, int]:
     low, high = (int(value) for value in text.split("-"))
     return low, high
@@ -328,8 +368,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady on a shared machine)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny data, 3 steps, seed 0")
     parser.add_argument("--out", help="write the results (settings, every run, the verdict) to this JSON file")
+    parser.add_argument("--chart", metavar="PATH", help="also draw the per-task table as a PNG chart at PATH")
     args = parser.parse_args(argv)
-    print_header("benchmark/weighting_effect.py", sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    print_header("benchmark/weighting_effect.py", argv)
     modes = [mode.strip() for mode in args.modes.split(",")]
     tasks = tuple(task.strip() for task in args.tasks.split(","))
     unknown = [mode for mode in modes if mode not in MODES] + [
@@ -366,6 +408,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
+    if args.chart:
+        chart(results, args.chart, command_line("weighting_effect.py", argv))
     return results
 
 
