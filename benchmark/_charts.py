@@ -86,34 +86,36 @@ def grouped_bars(
 
 
 def _leave_room_for_labels(axes, series, spread, log: bool, horizontal: bool, label_rotation: float) -> None:
-    values = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
-    values += [high for pairs in (spread or {}).values() for pair in pairs if pair for high in pair[1:]]
-    if not values:
-        return
-    top, positive = max(values), [v for v in values if v > 0]
-    room = 1.45 if label_rotation else 1.2  # rotated labels stand taller than flat ones
-    if log and positive:
-        # From the decade below the smallest bar: a bar's length then still reads as its size, not as a sliver.
-        limits = (10 ** math.floor(math.log10(min(positive))), top * (8 if label_rotation else 4))
-    else:
-        limits = (0, top * room)
-    value_axis = axes.xaxis if horizontal else axes.yaxis
-    (axes.set_xscale if horizontal else axes.set_yscale)("log" if log else "linear")
-    (axes.set_xlim if horizontal else axes.set_ylim)(*limits)
+    """Scale the value axis (log or linear, from 0) so the labels above the longest bar fit; plain tick numbers."""
     from matplotlib.ticker import FuncFormatter
 
-    value_axis.set_major_formatter(
-        FuncFormatter(lambda value, _: f"{value:,.12g}")
-    )  # 30,000 and 0.1, not 30000, 10^-1
+    (axes.set_xscale if horizontal else axes.set_yscale)("log" if log else "linear")
+    value_axis = axes.xaxis if horizontal else axes.yaxis
+    value_axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.12g}"))  # 30,000 and 0.1: not 3e4, 10^-1
+    values = [v for vs in series.values() for v in vs if v is not None and math.isfinite(v)]
+    values += [high for pairs in (spread or {}).values() for pair in pairs if pair for high in pair[1:]]
+    positive = [value for value in values if value > 0]
+    if not positive:  # nothing above zero (an all-zero column): matplotlib's default limits
+        return
+    if log:  # from the decade below the smallest bar, so that a bar's length still reads as its size
+        limits = (10 ** math.floor(math.log10(min(positive))), max(positive) * (8 if label_rotation else 4))
+    else:  # rotated labels stand taller than flat ones
+        limits = (0, max(positive) * (1.45 if label_rotation else 1.2))
+    (axes.set_xlim if horizontal else axes.set_ylim)(*limits)
 
 
-def legend(axes, **options) -> None:
-    """The axes' legend with the bar series first, in the order drawn (the table's), then the lines (targets, chance)."""
+def legend(axes, handles=None, names=None, **options) -> None:
+    """A legend outside `axes`, on its right (it then covers no bar or label): the bar series first, in the order
+    drawn (the table's), then the lines (targets, chance). `handles` and `names` default to those of `axes`."""
     from matplotlib.container import BarContainer
 
-    handles, names = axes.get_legend_handles_labels()
+    if handles is None:
+        handles, names = axes.get_legend_handles_labels()
     order = sorted(range(len(names)), key=lambda index: not isinstance(handles[index], BarContainer))
-    axes.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, title_fontsize=8, **options)
+    axes.legend(
+        [handles[i] for i in order], [names[i] for i in order], fontsize=8, title_fontsize=8, loc="upper left",
+        bbox_to_anchor=(1.02, 1), borderaxespad=0, **options,
+    )  # fmt: skip
 
 
 def save(figure, path: str | os.PathLike, title: str, command: str) -> Path:

@@ -39,7 +39,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from _charts import command_line, grouped_bars, machine, new_figure, save
+from _charts import command_line, grouped_bars, legend, machine, new_figure, save
 from _lengths import print_header, print_table, rss_bytes
 
 TARGET_RATIO_AT_32K = 0.10
@@ -151,20 +151,20 @@ def chart(results: list[dict], path: str, command: str, setting: str, cuda: bool
     `setting` says what was measured (vocabulary, hidden size, dtype), for the title.
     """
     peaks = [row[key] for row in results for key in ("chunked", "full") if row[key] is not None]
-    unit, scale = ("GiB", 2**30) if max(peaks) >= 2**30 else ("MiB", 2**20)
+    unit, scale, digits = ("GiB", 2**30, 2) if max(peaks) >= 2**30 else ("MiB", 2**20, 0)
     ours = [row["chunked"] / scale for row in results]
     full = [None if row["full"] is None else row["full"] / scale for row in results]
     labels = {
         "ours (chunked)": [
-            f"{value:.2f}" + ("" if row["full"] is None else f"\n{row['chunked'] / row['full']:.3f}x full")
+            f"{value:,.{digits}f}" + ("" if row["full"] is None else f"\n{row['chunked'] / row['full']:.3f}x full")
             for value, row in zip(ours, results)
         ],
         "full logits": [
-            "-" if value is None else f"{'' if row['full_measured'] else '~'}{value:.2f}"
+            "-" if value is None else f"{'' if row['full_measured'] else '~'}{value:,.{digits}f}"
             for value, row in zip(full, results)
         ],
     }
-    figure, (axes,) = new_figure(width=8.0, height=5.2)
+    figure, (axes,) = new_figure(width=10.5, height=5.2)
     groups = [f"{row['tokens']:,}" for row in results]
     bars = grouped_bars(axes, groups, {"ours (chunked)": ours, "full logits": full}, labels, log=True)
     for bar, row in zip(bars["full logits"], results):
@@ -176,11 +176,14 @@ def chart(results: list[dict], path: str, command: str, setting: str, cuda: bool
     handles, names = axes.get_legend_handles_labels()
     if not all(row["full_measured"] for row in results):
         handles.append(Patch(facecolor=bars["full logits"].patches[0].get_facecolor(), alpha=0.45, hatch="//"))
-        names.append("~ full logits, extrapolated linearly in tokens (not run)")
-    axes.legend(handles, names, fontsize=8, loc="upper left")
-    axes.set_xlabel(f"tokens in the batch (target: ours / full <= {TARGET_RATIO_AT_32K} at 32,768)")
+        names.append("~ full logits, extrapolated\nlinearly in tokens (not run)")
+    legend(axes, handles, names)
+    target = any(row["tokens"] == 32768 for row in results)
+    axes.set_xlabel(
+        "tokens in the batch" + (f" (target: ours / full <= {TARGET_RATIO_AT_32K} at 32,768)" if target else "")
+    )
     axes.set_ylabel(f"peak memory above the inputs ({unit}, log scale)")
-    title = f"Loss forward + backward: our chunked loss vs full logits\n{setting}, {machine(cuda)}"
+    title = f"Peak memory of the loss, forward + backward: our chunked loss vs full logits\n{setting}, {machine(cuda)}"
     save(figure, path, title, command)
     return figure
 

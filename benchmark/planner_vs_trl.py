@@ -56,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import trl
-from _charts import command_line, grouped_bars, machine, new_figure, save
+from _charts import command_line, grouped_bars, legend, machine, new_figure, save
 from _lengths import load_lengths, long_tailed_lengths, print_header, print_table
 from datasets.fingerprint import Hasher
 
@@ -170,7 +170,7 @@ def run(
 
 def chart(rows: list[dict], path: str, command: str, source: str, max_length: int, repeats: int):
     """Draw the table's rows: seconds (log scale) and fill of every method, as horizontal bars; returns the figure."""
-    figure, (time_axes, fill_axes) = new_figure(panels=2, width=6.6, height=0.5 * len(rows) + 2.6, sharey=True)
+    figure, (time_axes, fill_axes) = new_figure(panels=2, width=7.2, height=0.5 * len(rows) + 2.6, sharey=True)
     methods = [row["method"] for row in rows]
     colors = ["#E69F00" if method.startswith("TRL") else "#0072B2" for method in methods]
     seconds = [f"{row['seconds']:.3g} s ({row['vs_ours']:.3g}x)" for row in rows]
@@ -187,10 +187,7 @@ def chart(rows: list[dict], path: str, command: str, source: str, max_length: in
     fill_axes.set_xlabel("fill: tokens / (packs x max_length), 0-1")
     from matplotlib.patches import Patch
 
-    time_axes.legend(  # upper right: the planner rows' bars are short
-        [Patch(color="#0072B2"), Patch(color="#E69F00")], ["longalign_hf", f"TRL {trl.__version__}"], fontsize=8,
-        loc="upper right",
-    )  # fmt: skip
+    legend(fill_axes, [Patch(color="#0072B2"), Patch(color="#E69F00")], ["longalign_hf", f"TRL {trl.__version__}"])
     title = (
         f"Packing {source} into rows of {max_length:,} tokens: our planner and pack_dataset vs TRL's pack_dataset\n"
         f"{machine()}; seconds: best of {repeats}"

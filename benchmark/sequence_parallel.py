@@ -40,7 +40,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _charts import command_line, grouped_bars, machine, new_figure, save
+from _charts import command_line, grouped_bars, legend, machine, new_figure, save
 from _lengths import free_port, print_header, rss_bytes
 
 HIDDEN, LAYERS, HEADS, KV_HEADS = 256, 4, 8, 4
@@ -186,7 +186,7 @@ def chart(results: list[dict], path: str, command: str, steps: int, checkpointin
     lengths = list(dict.fromkeys(r["length"] for r in results))
     sizes = list(dict.fromkeys(r["sp_size"] for r in results))
     cell = {(r["length"], r["sp_size"]): r for r in results}
-    figure, panels = new_figure(panels=2, width=6.0, height=5.0)
+    figure, panels = new_figure(panels=2, width=6.6, height=5.0)
     columns = (("saved_bytes", "activations per rank (MiB)"), ("peak_bytes", "peak RSS above start (MiB)"))
     for axes, (key, label) in zip(panels, columns):
         series, labels = {}, {}
@@ -203,7 +203,7 @@ def chart(results: list[dict], path: str, command: str, steps: int, checkpointin
         axes.set_title(label, fontsize=10)
         axes.set_ylabel("MiB, of the largest rank")
         axes.set_xlabel("tokens per row (each rank holds tokens / sp_size)")
-        axes.legend(fontsize=8, loc="upper left", title="Nx: vs sp_size 1", title_fontsize=8)
+    legend(panels[-1], title="Nx: vs sp_size 1")
     title = (
         f"Memory per rank with DeepSpeed Ulysses sequence parallelism, sp_size {' vs '.join(map(str, sizes))}\n"
         f"Llama shape (hidden {HIDDEN}, {LAYERS} layers, {HEADS} heads), fp32, packed rows, {steps} steps, activation "

@@ -134,7 +134,7 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
         labels[mode] = [
             f"{r['tokens'] / r['runtime']:,.0f}\n{vs_naive(r, results):.2f}x naive" if r else "" for r in rows
         ]
-    figure, (axes,) = new_figure(width=9.0, height=5.4)
+    figure, (axes,) = new_figure(width=11.0, height=5.4)
     groups = [f"{n} process{'es' if n > 1 else ''}" for n in processes]
     containers = grouped_bars(axes, groups, series, labels, spread)
     target_label = f"target: pack >= {TARGET_PACK_OVER_NAIVE:g}x naive (2+ processes)"
@@ -149,7 +149,7 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
             axes.set_ylim(top=max(axes.get_ylim()[1], 1.15 * target))
     axes.set_ylabel("training throughput (tokens/s, real tokens, no padding)")
     axes.set_xlabel("processes (gloo, 1 CPU thread each); whiskers: slowest to fastest run")
-    legend(axes, title="mode", loc="upper left")
+    legend(axes, title="mode")
     first = results[0]
     title = (
         f"Training throughput by batching mode: tiny Llama, one epoch of the embedded default "

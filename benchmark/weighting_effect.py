@@ -308,7 +308,7 @@ def print_report(results: dict) -> None:
 def chart(results: dict, path: str, command: str):
     """Draw the per-task table's answer loss and exact match: one bar per fine-tuning mode and task; returns the figure."""
     runs, tasks, modes = results["runs"], results["tasks"], results["modes"]
-    figure, panels = new_figure(panels=2, width=6.6, height=5.2)
+    figure, panels = new_figure(panels=2, width=7.4, height=5.2)
     for axes, metric, label, digits in ((panels[0], "answer_loss", "answer loss (nats per answer token)", 3),
                                         (panels[1], "exact_match", "exact match, teacher-forced (0-1)", 2)):  # fmt: skip
         series, spread, labels = {}, {}, {}
@@ -322,16 +322,20 @@ def chart(results: dict, path: str, command: str):
         chance = [index for index, task in enumerate(tasks) if task in CHANCE["tasks"]]
         for index in chance:
             axes.hlines(CHANCE[metric], index - 0.45, index + 0.45, colors="0.2", linestyles="--",
-                        label=f"chance ({CHANCE[metric]:.{digits}f})" if index == chance[0] else None)  # fmt: skip
+                        label="chance" if index == chance[0] else None)  # fmt: skip
         axes.set_ylabel(label)
         axes.set_xlabel("held-out task; whiskers: min-max over seeds")
-        legend(axes, loc="upper left" if metric == "answer_loss" else "upper right", title="mode")
     panels[1].set(ylim=(0, 1.25), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    handles, names = panels[0].get_legend_handles_labels()
+    chance = f"chance on {', '.join(CHANCE['tasks'])}:\nloss {CHANCE['answer_loss']:.3f}, exact match {CHANCE['exact_match']:.2f}"
+    names = [chance if name == "chance" else name for name in names]
+    legend(panels[1], handles, names, title="mode")
+    seeds = ", ".join(map(str, results["seeds"]))
+    seeds = f"mean over seeds {seeds}" if len(results["seeds"]) > 1 else f"seed {seeds}"
     base = [r["tasks"][task]["answer_loss"] for r in runs if r["mode"] == BASE for task in tasks]
     title = (
         f"Loss weighting's effect on a tiny Llama (hidden {results['settings']['hidden_size']}, "
-        f"{results['settings']['num_layers']} layers): held-out answer loss and exact match, mean over seeds "
-        f"{', '.join(map(str, results['seeds']))}\n{results['settings']['steps']} fine-tuning steps per mode; "
+        f"{results['settings']['num_layers']} layers): held-out answer loss and exact match, {seeds}\n{results['settings']['steps']} fine-tuning steps per mode; "
         f"{machine()}; base model (not drawn): answer loss {min(base):.2f}-{max(base):.2f}"
     )
     save(figure, path, title, command)
