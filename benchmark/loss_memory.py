@@ -160,7 +160,7 @@ def chart(results: list[dict], path: str, command: str, setting: str, cuda: bool
             for value, row in zip(ours, results)
         ],
         "full logits": [
-            "-" if value is None else f"{'' if row['full_measured'] else '~'}{value:,.{digits}f}"
+            "" if value is None else f"{'' if row['full_measured'] else '~'}{value:,.{digits}f}"
             for value, row in zip(full, results)
         ],
     }

@@ -170,7 +170,9 @@ def run(
 
 def chart(rows: list[dict], path: str, command: str, source: str, max_length: int, repeats: int):
     """Draw the table's rows: seconds (log scale) and fill of every method, as horizontal bars; returns the figure."""
-    figure, (time_axes, fill_axes) = new_figure(panels=2, width=7.2, height=0.5 * len(rows) + 2.6, sharey=True)
+    figure, (time_axes, fill_axes) = new_figure(
+        panels=2, width=7.2, height=max(4.2, 0.5 * len(rows) + 2.6), sharey=True
+    )
     methods = [row["method"] for row in rows]
     colors = ["#E69F00" if method.startswith("TRL") else "#0072B2" for method in methods]
     seconds = [f"{row['seconds']:.3g} s ({row['vs_ours']:.3g}x)" for row in rows]

@@ -152,8 +152,8 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
     legend(axes, title="mode")
     first = results[0]
     title = (
-        f"Training throughput by batching mode: tiny Llama, one epoch of the embedded default "
-        f"({first['samples']} samples, {first['tokens']:,} tokens)\n{machine()}; median of {repeats} run(s)"
+        "Training throughput by batching mode: tiny Llama, one epoch of the embedded default\n"
+        f"{first['samples']} samples, {first['tokens']:,} tokens; {machine()}; median of {repeats} run(s)"
     )
     save(figure, path, title, command)
     return figure
