@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shlex
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +30,8 @@ def machine(cuda: bool = False) -> str:
 
 
 def command_line(script: str, argv: Sequence[str]) -> str:
-    """The command that made a chart, as `print_header` prints it: `python benchmark/x.py ARGS`."""
-    return f"python benchmark/{script} {' '.join(argv)}".rstrip()
+    """The command that made a chart, to paste in a shell: `python benchmark/x.py ARGS` (quoted where needed)."""
+    return f"python benchmark/{script} {shlex.join(argv)}".rstrip()
 
 
 def new_figure(panels: int = 1, width: float = 6.4, height: float = 4.8, sharey: bool = False):
@@ -78,7 +79,10 @@ def grouped_bars(
         else:
             container = axes.bar(positions, heights, width=width, yerr=whiskers, label=name, color=color, capsize=3)
         if labels and labels.get(name):
-            axes.bar_label(container, labels=list(labels[name]), padding=3, fontsize=8, rotation=label_rotation)
+            # On a white box: a target or chance line passing through a label leaves it readable.
+            box = {"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85}
+            axes.bar_label(container, labels=list(labels[name]), padding=3, fontsize=8, rotation=label_rotation,
+                           bbox=box)  # fmt: skip
         containers[name] = container
     (axes.set_yticks if horizontal else axes.set_xticks)(range(len(groups)), list(groups))
     _leave_room_for_labels(axes, series, spread, log, horizontal, label_rotation)

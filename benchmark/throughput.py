@@ -136,7 +136,7 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
         ]
     figure, (axes,) = new_figure(width=11.0, height=5.4)
     groups = [f"{n} process{'es' if n > 1 else ''}" for n in processes]
-    containers = grouped_bars(axes, groups, series, labels, spread)
+    containers = grouped_bars(axes, groups, series, labels, spread if repeats > 1 else None)
     target_label = f"target: pack >= {TARGET_PACK_OVER_NAIVE:g}x naive (2+ processes)"
     for group, n in enumerate(processes):
         naive = cell.get(("naive", n))
@@ -148,7 +148,9 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
             target_label = None  # one legend entry
             axes.set_ylim(top=max(axes.get_ylim()[1], 1.15 * target))
     axes.set_ylabel("training throughput (tokens/s, real tokens, no padding)")
-    axes.set_xlabel("processes (gloo, 1 CPU thread each); whiskers: slowest to fastest run")
+    axes.set_xlabel(
+        "processes (gloo, 1 CPU thread each)" + ("; whiskers: slowest to fastest run" if repeats > 1 else "")
+    )
     legend(axes, title="mode")
     first = results[0]
     title = (

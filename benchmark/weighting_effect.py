@@ -318,16 +318,16 @@ def chart(results: dict, path: str, command: str):
             spread[mode] = [(min(v), max(v)) for v in values]
             labels[mode] = [f"{np.mean(v):.{digits}f}" for v in values]
         groups = [f"{task}\n({'long' if task in LONG_INPUT_TASKS else 'short'} input)" for task in tasks]
-        grouped_bars(axes, groups, series, labels, spread, label_rotation=90)
+        grouped_bars(axes, groups, series, labels, spread if len(results["seeds"]) > 1 else None, label_rotation=90)
         chance = [index for index, task in enumerate(tasks) if task in CHANCE["tasks"]]
         for index in chance:
             axes.hlines(CHANCE[metric], index - 0.45, index + 0.45, colors="0.2", linestyles="--",
                         label="chance" if index == chance[0] else None)  # fmt: skip
         axes.set_ylabel(label)
-        axes.set_xlabel("held-out task; whiskers: min-max over seeds")
+        axes.set_xlabel("held-out task" + ("; whiskers: min-max over seeds" if len(results["seeds"]) > 1 else ""))
     panels[1].set(ylim=(0, 1.25), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     handles, names = panels[0].get_legend_handles_labels()
-    chance = f"chance on {', '.join(CHANCE['tasks'])}:\nloss {CHANCE['answer_loss']:.3f}, exact match {CHANCE['exact_match']:.2f}"
+    chance = f"chance on {', '.join(task for task in tasks if task in CHANCE['tasks'])}:\nloss {CHANCE['answer_loss']:.3f}, exact match {CHANCE['exact_match']:.2f}"
     names = [chance if name == "chance" else name for name in names]
     legend(panels[1], handles, names, title="mode")
     seeds = ", ".join(map(str, results["seeds"]))

@@ -3,6 +3,24 @@
 import numpy as np
 import pytest
 import torch
+from chart_check import assert_png, bar_labels, bars
+
+
+def _table(out: str, header: str) -> list[list[str]]:
+    """The cells of the Markdown table printed under `header` (a line starting with it)."""
+    rows = []
+    for line in out[out.index(header) :].splitlines()[2:]:  # after the header and its |---| line
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.split("|")[1:-1]])
+    return rows
+
+
+def _drawn(module, monkeypatch) -> list:
+    """The figures `module.main` draws: its `chart`, recording what it returns."""
+    figures, chart = [], module.chart
+    monkeypatch.setattr(module, "chart", lambda *args, **kwargs: figures.append(chart(*args, **kwargs)) or figures[-1])
+    return figures
 
 
 def test_data_pipeline_quick(benchmark, capsys):
@@ -14,17 +32,28 @@ def test_data_pipeline_quick(benchmark, capsys):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_throughput_quick(benchmark, capsys):
+def test_throughput_quick(benchmark, capsys, tmp_path, monkeypatch):
     # Two processes only: the single-process path is the recipe's own, which test_recipe.py runs. `--quick` trains
     # the four modes in one launch, one after another.
-    results = benchmark("throughput").main(["--quick", "--processes", "2"])
+    module = benchmark("throughput")
+    figures = _drawn(module, monkeypatch)
+    results = module.main(["--quick", "--processes", "2", "--chart", str(tmp_path / "throughput.png")])
     out = capsys.readouterr().out
-    assert "| mode | processes | samples | seconds | samples/s | tokens/s | vs naive | target | status |" in out
+    header = "| mode | processes | samples | seconds | samples/s | tokens/s | vs naive | target | status |"
+    assert header in out
     assert [(r["mode"], r["processes"]) for r in results] == [
         (mode, 2) for mode in ("naive", "sort", "pack (token)", "pack (sequence)")
     ]
     # Every mode trains on the same samples and tokens.
     assert len({(r["samples"], r["tokens"]) for r in results}) == 1
+    # The chart: one bar per row of the table, of its tokens/s, labelled with its tokens/s and vs naive.
+    assert_png(tmp_path / "throughput.png")
+    (axes,) = figures[0].axes
+    table = _table(out, header)
+    assert {mode: [round(height)] for mode, (height,) in bars(axes).items()} == {
+        row[0]: [int(row[5].replace(",", ""))] for row in table
+    }
+    assert bar_labels(axes) == {row[0]: [f"{row[5]}\n{row[6]} naive"] for row in table}
 
 
 def test_throughput_gpu_skips_cleanly_without_cuda(benchmark, capsys):
@@ -146,11 +175,22 @@ def test_packed_attention_quick(benchmark, capsys):
     assert [(r["samples"], r["sample_tokens"]) for r in results] == [(1, 512), (8, 64), (64, 8)]
 
 
-def test_planner_vs_trl_quick(benchmark, capsys):
+def test_planner_vs_trl_quick(benchmark, capsys, tmp_path, monkeypatch):
     module = benchmark("planner_vs_trl")
-    rows = module.main(["--quick", "--repeats", "1"])
+    figures = _drawn(module, monkeypatch)
+    rows = module.main(["--quick", "--repeats", "1", "--chart", str(tmp_path / "planner_vs_trl.png")])
     out = capsys.readouterr().out
-    assert "| method | token columns copied | seconds | time / plan_packs bfd | packs | fill |" in out
+    header = "| method | token columns copied | seconds | time / plan_packs bfd | packs | fill |"
+    assert header in out
+    # The chart: every method of the table, named as there, with its seconds and fill.
+    assert_png(tmp_path / "planner_vs_trl.png")
+    seconds, fill = figures[0].axes
+    table = _table(out, header)
+    assert [tick.get_text() for tick in seconds.get_yticklabels()] == [row[0] for row in table]
+    assert [f"{value:.3g}" for value in bars(seconds)["seconds"]] == [row[2] for row in table]
+    assert bar_labels(seconds)["seconds"] == [f"{row[2]} s ({row[3]})" for row in table]
+    assert bar_labels(fill)["fill"] == [row[5] for row in table]
+    assert [f"{value:.5f}" for value in bars(fill)["fill"]] == [row[5] for row in table]
     lengths = benchmark("_lengths").long_tailed_lengths(4950, 50, seed=0)  # what --quick packs
     ours, _, _, trl_blocks, trl_whole = rows
     assert ours["method"] == "plan_packs bfd" and trl_blocks["method"].startswith("TRL pack_dataset, as SFTTrainer")
@@ -176,13 +216,28 @@ def test_planner_vs_trl_quick(benchmark, capsys):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_sequence_parallel_benchmark_halves_activations_per_rank(benchmark, capsys):
+def test_sequence_parallel_benchmark_halves_activations_per_rank(benchmark, capsys, tmp_path, monkeypatch):
     pytest.importorskip("deepspeed")
-    benchmark("sequence_parallel").main(["--quick", "--jobs", "2"])  # sp_size 1 and 2 at once
+    module = benchmark("sequence_parallel")
+    figures = _drawn(module, monkeypatch)
+    module.main(["--quick", "--jobs", "2", "--chart", str(tmp_path / "sp.png")])  # sp_size 1 and 2 at once
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| 2,048")]
     assert [row[1].strip() for row in rows] == ["1", "2"] and rows[1][2].strip() == "1,024"
     # Each rank keeps the activations of its half of the row (plus the weights and the full-row attention exchange).
     assert float(rows[1][4]) < 0.7
+    # The chart: the table's two memory columns (MiB) and their ratios to sp_size 1, per sp_size.
+    assert_png(tmp_path / "sp.png")
+    activations, peak = figures[0].axes
+    for axes, column in ((activations, 3), (peak, 5)):
+        cells = [row[column].strip() for row in rows]
+        assert {name: f"{value:,.0f}" for name, (value,) in bars(axes).items()} == {
+            "sp_size 1": cells[0],
+            "sp_size 2": cells[1],
+        }
+        assert bar_labels(axes) == {
+            "sp_size 1": [cells[0]],
+            "sp_size 2": [f"{cells[1]}\n{rows[1][column + 1].strip()}x"],
+        }
 
 
 def test_engines_expected_model_states_follow_what_each_engine_shards_and_offloads(benchmark):

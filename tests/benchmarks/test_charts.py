@@ -151,6 +151,8 @@ def test_weighting_effect_main_draws_its_per_task_table(benchmark, tmp_path, mon
                                                          restore_library_log_level):  # fmt: skip
     module = benchmark("weighting_effect")
     monkeypatch.setattr(module, "run", lambda *args: _weighting_results())
+    figures, chart = [], module.chart
+    monkeypatch.setattr(module, "chart", lambda *args: figures.append(chart(*args)) or figures[-1])
     module.main(["--modes", "pack + token,pack + sequence", "--tasks", "majority,sort", "--chart",
                  str(tmp_path / "weighting.png")])  # fmt: skip
     table = capsys.readouterr().out
@@ -158,7 +160,7 @@ def test_weighting_effect_main_draws_its_per_task_table(benchmark, tmp_path, mon
     assert "| sort | short input | pack + sequence | 2.200 (2.100-2.300) | 0.00 (0.00-0.00) |" in table
     assert_png(tmp_path / "weighting.png")
 
-    figure = module.chart(_weighting_results(), tmp_path / "again.png", "python benchmark/weighting_effect.py")
+    (figure,) = figures
     loss, exact = figure.axes
     # The fine-tuned modes, mean over seeds as in the table; the base model is not drawn.
     assert bars(loss) == _close({"pack + token": [1.3, 2.1], "pack + sequence": [1.2, 2.2]})
@@ -174,5 +176,6 @@ def test_weighting_effect_main_draws_its_per_task_table(benchmark, tmp_path, mon
     assert start[1] == pytest.approx(math.log(10) / 2) and -0.5 < start[0] < end[0] < 0.5
     assert [segment[0][1] for segment in _lines(exact, "chance")] == [0.1]
     assert [tick.get_text() for tick in loss.get_xticklabels()] == ["majority\n(long input)", "sort\n(short input)"]
-    assert _legend(exact)[:2] == ["pack + token", "pack + sequence"] and _legend(exact)[2].startswith("chance")
+    assert _legend(exact) == ["pack + token", "pack + sequence", "chance on majority:\nloss 1.151, exact match 0.10"]
+    assert "--modes 'pack + token,pack + sequence'" in figure.texts[-1].get_text()  # the command, as a shell takes it
     assert re.search(r"base model \(not drawn\): answer loss 6\.00-9\.00", _title(figure))
