@@ -182,7 +182,7 @@ def _cell(measured: dict, base: dict | None, key: str) -> str:
 
 
 def chart(results: list[dict], path: str, command: str, steps: int, checkpointing: bool, cuda: bool = False):
-    """Draw the table's memory columns: MiB per rank for every (row length, sp_size), two panels; returns the figure."""
+    """Draw the table's memory columns, MiB per rank of each (row length, sp_size), in 2 panels; return the figure."""
     lengths = list(dict.fromkeys(r["length"] for r in results))
     sizes = list(dict.fromkeys(r["sp_size"] for r in results))
     cell = {(r["length"], r["sp_size"]): r for r in results}

@@ -306,37 +306,35 @@ def print_report(results: dict) -> None:
 
 
 def chart(results: dict, path: str, command: str):
-    """Draw the per-task table's answer loss and exact match: one bar per fine-tuning mode and task; returns the figure."""
-    runs, tasks, modes = results["runs"], results["tasks"], results["modes"]
+    """Draw the per-task table's answer loss and exact match, a bar per fine-tuned mode and task; return the figure."""
+    runs, tasks, seeds, settings = results["runs"], results["tasks"], results["seeds"], results["settings"]
     figure, panels = new_figure(panels=2, width=7.4, height=5.2)
-    for axes, metric, label, digits in ((panels[0], "answer_loss", "answer loss (nats per answer token)", 3),
-                                        (panels[1], "exact_match", "exact match, teacher-forced (0-1)", 2)):  # fmt: skip
-        series, spread, labels = {}, {}, {}
-        for mode in modes:
-            values = [[r["tasks"][task][metric] for r in runs if r["mode"] == mode] for task in tasks]
-            series[mode] = [float(np.mean(v)) for v in values]
-            spread[mode] = [(min(v), max(v)) for v in values]
-            labels[mode] = [f"{np.mean(v):.{digits}f}" for v in values]
+    columns = (("answer_loss", "answer loss (nats per answer token)", 3), ("exact_match", "exact match (0-1)", 2))
+    for axes, (metric, label, digits) in zip(panels, columns):
+        values = {mode: [[r["tasks"][task][metric] for r in runs if r["mode"] == mode] for task in tasks]
+                  for mode in results["modes"]}  # fmt: skip
         groups = [f"{task}\n({'long' if task in LONG_INPUT_TASKS else 'short'} input)" for task in tasks]
-        grouped_bars(axes, groups, series, labels, spread if len(results["seeds"]) > 1 else None, label_rotation=90)
+        series = {mode: [float(np.mean(v)) for v in per_task] for mode, per_task in values.items()}
+        labels = {mode: [f"{mean:.{digits}f}" for mean in means] for mode, means in series.items()}
+        spread = {mode: [(min(v), max(v)) for v in per_task] for mode, per_task in values.items()}
+        grouped_bars(axes, groups, series, labels, spread if len(seeds) > 1 else None, label_rotation=90)
         chance = [index for index, task in enumerate(tasks) if task in CHANCE["tasks"]]
         for index in chance:
             axes.hlines(CHANCE[metric], index - 0.45, index + 0.45, colors="0.2", linestyles="--",
                         label="chance" if index == chance[0] else None)  # fmt: skip
-        axes.set_ylabel(label)
-        axes.set_xlabel("held-out task" + ("; whiskers: min-max over seeds" if len(results["seeds"]) > 1 else ""))
+        axes.set(ylabel=label, xlabel="held-out task" + ("; whiskers: min-max over seeds" if len(seeds) > 1 else ""))
     panels[1].set(ylim=(0, 1.25), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
     handles, names = panels[0].get_legend_handles_labels()
-    chance = f"chance on {', '.join(task for task in tasks if task in CHANCE['tasks'])}:\nloss {CHANCE['answer_loss']:.3f}, exact match {CHANCE['exact_match']:.2f}"
-    names = [chance if name == "chance" else name for name in names]
-    legend(panels[1], handles, names, title="mode")
-    seeds = ", ".join(map(str, results["seeds"]))
-    seeds = f"mean over seeds {seeds}" if len(results["seeds"]) > 1 else f"seed {seeds}"
+    chance = (f"chance on {', '.join(task for task in tasks if task in CHANCE['tasks'])}:\nloss "
+              f"{CHANCE['answer_loss']:.3f}, exact match {CHANCE['exact_match']:.2f}")  # fmt: skip
+    legend(panels[1], handles, [chance if name == "chance" else name for name in names], title="mode")
     base = [r["tasks"][task]["answer_loss"] for r in runs if r["mode"] == BASE for task in tasks]
     title = (
-        f"Loss weighting's effect on a tiny Llama (hidden {results['settings']['hidden_size']}, "
-        f"{results['settings']['num_layers']} layers): held-out answer loss and exact match, {seeds}\n{results['settings']['steps']} fine-tuning steps per mode; "
-        f"{machine()}; base model (not drawn): answer loss {min(base):.2f}-{max(base):.2f}"
+        f"Loss weighting's effect on a tiny Llama (hidden {settings['hidden_size']}, {settings['num_layers']} "
+        "layers): held-out answer loss and teacher-forced exact match, "
+        + (f"mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}")
+        + f"\n{settings['steps']} fine-tuning steps per mode; {machine()}; base model (not drawn): answer loss "
+        f"{min(base):.2f}-{max(base):.2f}"
     )
     save(figure, path, title, command)
     return figure
