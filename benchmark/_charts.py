@@ -53,7 +53,6 @@ def grouped_bars(
     spread: dict[str, Sequence[tuple[float, float] | None]] | None = None,
     log: bool = False,
     horizontal: bool = False,
-    colors: dict[str, str] | None = None,
     label_rotation: float = 0,
 ) -> dict:
     """Draw one bar per (group, series) on `axes`, the series side by side within each group; `None`: no bar.
@@ -72,7 +71,7 @@ def grouped_bars(
             low_high = [(math.nan, math.nan) if pair is None else pair for pair in spread[name]]
             whiskers = [[h - low for h, (low, _) in zip(heights, low_high)],
                         [high - h for h, (_, high) in zip(heights, low_high)]]  # fmt: skip
-        color = (colors or {}).get(name, COLORS[index % len(COLORS)])
+        color = COLORS[index % len(COLORS)]
         if horizontal:
             container = axes.barh(positions, heights, height=width, xerr=whiskers, label=name, color=color,
                                   capsize=3)  # fmt: skip

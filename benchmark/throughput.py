@@ -120,8 +120,8 @@ def vs_naive(result: dict, results: list[dict]) -> float:
 def chart(results: list[dict], path: str, command: str, repeats: int):
     """Draw `results` as the table shows them: tokens/s per mode (bars) and process count (groups); returns the figure.
 
-    Each bar is the median run's tokens/s, its whisker the slowest and fastest run's, its label the table's tokens/s
-    and "vs naive" cells. Over the packing bars of 2+ processes a dashed line marks the target (2x naive's tokens/s).
+    Each bar is the median run's tokens/s, its whisker (from 2 runs on) the slowest and fastest run's, its label the
+    table's tokens/s and "vs naive" cells. Over the packing bars of 2+ processes a dashed line marks the target (2x naive's tokens/s).
     """
     processes = list(dict.fromkeys(r["processes"] for r in results))
     cell = {(r["mode"], r["processes"]): r for r in results}
@@ -139,9 +139,8 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
     containers = grouped_bars(axes, groups, series, labels, spread if repeats > 1 else None)
     target_label = f"target: pack >= {TARGET_PACK_OVER_NAIVE:g}x naive (2+ processes)"
     for group, n in enumerate(processes):
-        naive = cell.get(("naive", n))
-        if n > 1 and naive:
-            packs = [bar for mode in modes if mode.startswith("pack") for bar in [containers[mode][group]]]
+        naive, packs = cell.get(("naive", n)), [containers[mode][group] for mode in modes if mode.startswith("pack")]
+        if n > 1 and naive and packs:
             left, right = min(b.get_x() for b in packs), max(b.get_x() + b.get_width() for b in packs)
             target = TARGET_PACK_OVER_NAIVE * naive["tokens"] / naive["runtime"]
             axes.hlines(target, left, right, colors="0.2", linestyles="--", label=target_label)
