@@ -56,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import trl
-from _charts import command_line, grouped_bars, legend, machine, new_figure, save
+from _charts import COLORS, command_line, grouped_bars, legend, machine, new_figure, save
 from _lengths import load_lengths, long_tailed_lengths, print_header, print_table
 from datasets.fingerprint import Hasher
 
@@ -174,7 +174,8 @@ def chart(rows: list[dict], path: str, command: str, source: str, max_length: in
         panels=2, width=7.2, height=max(4.2, 0.5 * len(rows) + 2.6), sharey=True
     )
     methods = [row["method"] for row in rows]
-    colors = ["#E69F00" if method.startswith("TRL") else "#0072B2" for method in methods]
+    ours, theirs = COLORS[:2]
+    colors = [theirs if method.startswith("TRL") else ours for method in methods]
     seconds = [f"{row['seconds']:.3g} s ({row['vs_ours']:.3g}x)" for row in rows]
     for axes, key, labels, log in ((time_axes, "seconds", seconds, True),
                                    (fill_axes, "fill", [f"{row['fill']:.5f}" for row in rows], False)):  # fmt: skip
@@ -189,7 +190,7 @@ def chart(rows: list[dict], path: str, command: str, source: str, max_length: in
     fill_axes.set_xlabel("fill: tokens / (packs x max_length), 0-1")
     from matplotlib.patches import Patch
 
-    legend(fill_axes, [Patch(color="#0072B2"), Patch(color="#E69F00")], ["longalign_hf", f"TRL {trl.__version__}"])
+    legend(fill_axes, [Patch(color=ours), Patch(color=theirs)], ["longalign_hf", f"TRL {trl.__version__}"])
     title = (
         f"Packing {source} into rows of {max_length:,} tokens: our planner and pack_dataset vs TRL's pack_dataset\n"
         f"{machine()}; seconds: best of {repeats}"
