@@ -101,7 +101,10 @@ def _leave_room_for_labels(axes, series, spread, log: bool, horizontal: bool, la
     if not positive:  # nothing above zero (an all-zero column): matplotlib's default limits
         return
     if log:  # from the decade below the smallest bar, so that a bar's length still reads as its size
-        limits = (10 ** math.floor(math.log10(min(positive))), max(positive) * (8 if label_rotation else 4))
+        low = 10 ** math.floor(math.log10(min(positive)))
+        # Room for the labels as a share of the decades drawn: a label beside a bar (horizontal) needs the most.
+        share = 0.4 if horizontal else 0.3 if label_rotation else 0.15
+        limits = (low, max(positive) * max(4.0, (max(positive) / low) ** share))
     else:  # rotated labels stand taller than flat ones
         limits = (0, max(positive) * (1.45 if label_rotation else 1.2))
     (axes.set_xlim if horizontal else axes.set_ylim)(*limits)
