@@ -316,6 +316,25 @@ def generate_chat_answers(
     return answers
 
 
+def serving_client(
+    model: str,
+    base_url: str,
+    api_key: str | None,
+    concurrency: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+) -> ChatClient:
+    """The client of an OpenAI-compatible generation server (`--generation-base-url`) serving `model`, sampling as a
+    local run would (`temperature`, `max_new_tokens`, `seed`), at most `concurrency` requests in flight."""
+    from longalign_hf.llm_client import ChatClient
+
+    return ChatClient(
+        model, base_url=base_url, api_key=api_key, temperature=temperature, max_concurrency=concurrency,
+        max_tokens=max_new_tokens, seed=seed,
+    )  # fmt: skip
+
+
 def request_chat_answers(
     client: ChatClient,
     prompts: Sequence[str],

@@ -5,7 +5,6 @@ the printed tables; the scripts whose quick run is not launched there are driven
 replaced by hand-made results, so the table and the chart come from the same call.
 """
 
-import logging
 import math
 import re
 
@@ -138,17 +137,8 @@ def _weighting_results() -> dict:
     }  # fmt: skip
 
 
-@pytest.fixture
-def restore_library_log_level():
-    """weighting_effect's main quiets the library's logger; tests run after this one still read its INFO lines."""
-    logger = logging.getLogger("longalign_hf")
-    level = logger.level
-    yield
-    logger.setLevel(level)
-
-
 def test_weighting_effect_main_draws_its_per_task_table(benchmark, tmp_path, monkeypatch, capsys,
-                                                         restore_library_log_level):  # fmt: skip
+                                                         library_log_level):  # fmt: skip
     module = benchmark("weighting_effect")
     monkeypatch.setattr(module, "run", lambda *args: _weighting_results())
     figures, chart = [], module.chart

@@ -90,19 +90,16 @@ def _generate(
 ) -> None:
     """Answer `cases` with the loaded model `lm`, or with the server at `generation_base_url` (then `lm` is `None`);
     `save(idx, answer)` is called for each answer as it comes. A server call that fails is logged and left out."""
-    from longalign_hf.evaluation.generation import generate_chat_answers, request_chat_answers, truncate_prompts
-    from longalign_hf.llm_client import ChatClient
+    from longalign_hf.evaluation.generation import (
+        generate_chat_answers,
+        request_chat_answers,
+        serving_client,
+        truncate_prompts,
+    )
 
     if generation_base_url is not None:
-        client = ChatClient(
-            model,
-            base_url=generation_base_url,
-            api_key=generation_api_key,
-            temperature=temperature,
-            max_concurrency=generation_concurrency,
-            max_tokens=max_new_tokens,
-            seed=seed,
-        )
+        client = serving_client(model, generation_base_url, generation_api_key, generation_concurrency,
+                                max_new_tokens, temperature, seed)  # fmt: skip
         prompts = truncate_prompts(tok, cases["prompt"], max_length)
         request_chat_answers(client, prompts, on_answer=lambda i, answer: save(cases[i]["idx"], answer))
         return

@@ -30,6 +30,7 @@ from longalign_hf.evaluation.generation import (
     load_causal_lm,
     load_model_config,
     load_tokenizer,
+    serving_client,
 )
 from longalign_hf.evaluation.longbench_chat.scoring import parse_rating
 from longalign_hf.evaluation.needle.answering import build_prompts, generate, record_cell, request
@@ -274,15 +275,8 @@ def run_needle(
     if todo and served:
         logger.info("Needle: %d records to ask %s for (%d already in %s)", len(todo), generation_base_url,
                     len(cells) - len(todo), records_path)  # fmt: skip
-        client = ChatClient(
-            model_name,
-            base_url=generation_base_url,
-            api_key=generation_api_key,
-            temperature=temperature,
-            max_concurrency=generation_concurrency,
-            max_tokens=max_new_tokens,
-            seed=seed,
-        )
+        client = serving_client(model_name, generation_base_url, generation_api_key, generation_concurrency,
+                                max_new_tokens, temperature, seed)  # fmt: skip
         request(client, prompts, records, records_path, model_name=model_name)
     elif todo:
         logger.info("Needle: %d records to make (%d already in %s)", len(todo), len(cells) - len(todo), records_path)
