@@ -1,7 +1,6 @@
 """benchmark/weighting_effect.py: its task mix is right, its quick run reports what it says, its verdict follows its rule."""
 
 import json
-import logging
 import random
 import re
 import string
@@ -91,15 +90,6 @@ def test_verdict_needs_long_tasks_better_in_every_seed_and_no_short_task_worse_i
     assert not reproduced and "long-input tasks NOT better in every seed" in text
     reproduced, text = verdict({"majority": [-0.2, -0.1, -0.1], "count": [0.01, 0.02, 0.01]})
     assert not reproduced and "worse in every seed: count" in text
-
-
-@pytest.fixture
-def library_log_level():
-    """The script quiets the library's logger; tests run after this one still read its INFO lines."""
-    logger = logging.getLogger("longalign_hf")
-    level = logger.level
-    yield
-    logger.setLevel(level)
 
 
 def test_weighting_effect_quick(benchmark, capsys, tmp_path, library_log_level):
