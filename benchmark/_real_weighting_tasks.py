@@ -45,7 +45,7 @@ class MixSizes:
         heldout_per_task (`int`): held-out samples of each task.
     """
 
-    context_chars: tuple[int, int] = (2200, 6600)
+    context_chars: tuple[int, int] = (2200, 4400)
     answer_chars: tuple[int, int] = (500, 1000)
     train_per_task: int = 64
     heldout_per_task: int = 6

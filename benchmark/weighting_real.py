@@ -253,12 +253,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--modes", default="pack + token,pack + sequence", help=f"comma-separated, from: {', '.join(MODES)}"
     )
-    parser.add_argument("--steps", type=int, default=16, help="optimizer steps of every mode")
-    parser.add_argument("--max-length", type=int, default=2048, help="tokens per pack (a step is one pack)")
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps of every mode")
+    parser.add_argument("--max-length", type=int, default=1536, help="tokens per pack (a step is one pack)")
     parser.add_argument("--naive-samples-per-step", type=int, default=6, help="naive batching: samples per step")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--trainable-layers", type=int, default=4, help="upper decoder layers that train")
-    parser.add_argument("--context-chars", default="2200-6600", help="long-input documents (~4.4 characters a token)")
+    parser.add_argument("--context-chars", default="2200-4400", help="long-input documents (~4.4 characters a token)")
     parser.add_argument("--answer-chars", default="500-1000", help="short-input answers")
     parser.add_argument("--train-per-task", type=int, default=MixSizes.train_per_task)
     parser.add_argument("--heldout-per-task", type=int, default=MixSizes.heldout_per_task)
