@@ -6,7 +6,8 @@ documentation, mixed with short chat. This script draws the held-out retrievals 
 recipe's `default_*` keys; a held-out question also asked in training is left out) and scores the base model and the
 fine-tuned one on them by teacher forcing:
 
-- answer loss: mean nats per answer token (the fact's sentence and the end-of-turn token);
+- answer loss: mean nats per answer token (the fact's sentence and the end-of-turn token), and on how many
+  retrievals the fine-tuned model's is lower;
 - exact match: every answer token is the argmax given the reference before it (equal to greedy decoding's match);
 - code match: the 7 digits of the code are the argmax given the sentence up to them: the retrieval alone, whatever
   the phrasing the model prefers.
@@ -58,7 +59,7 @@ def score(model, tokenizer, records: list[dict]) -> dict[str, float]:
     from longalign_hf.data.chat import tokenize_conversation
 
     model.eval()
-    loss_sum, tokens, exact, code = 0.0, 0, 0, 0
+    loss_sum, tokens, exact, code, per_sample = 0.0, 0, 0, 0, []
     with torch.no_grad():
         for record in records:
             sample = tokenize_conversation(record["messages"], tokenizer)
@@ -66,12 +67,19 @@ def score(model, tokenizer, records: list[dict]) -> dict[str, float]:
             targets = torch.tensor(labels[1:])
             logits = model(input_ids=torch.tensor([input_ids])).logits[0, :-1].float()
             mask = targets != -100
-            loss_sum += torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+            loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask], reduction="sum").item()
+            loss_sum += loss
+            per_sample.append(loss / int(mask.sum()))
             tokens += int(mask.sum())
             correct = logits.argmax(-1) == targets
             exact += bool(correct[mask].all())
             code += bool(correct[_code_positions(input_ids, labels, tokenizer, record)].all())
-    return {"answer_loss": loss_sum / tokens, "exact_match": exact / len(records), "code_match": code / len(records)}
+    return {
+        "answer_loss": loss_sum / tokens,
+        "exact_match": exact / len(records),
+        "code_match": code / len(records),
+        "answer_loss_per_sample": per_sample,
+    }
 
 
 def _code_positions(input_ids: list[int], labels: list[int], tokenizer, record: dict) -> list[int]:
@@ -154,6 +162,11 @@ def main(argv: list[str] | None = None) -> dict:
         [[name, f"{m['answer_loss']:.3f}", f"{m['exact_match']:.2f}", f"{m['code_match']:.2f}", f"{m['seconds']:.0f}"]
          for name, m in results["models"].items()],
     )  # fmt: skip
+    if len(results["models"]) == 2:
+        pairs = zip(*(m["answer_loss_per_sample"] for m in results["models"].values()))
+        lower = sum(after < before for before, after in pairs)
+        print(f"\nThe fine-tuned model's answer loss is lower on {lower} of {len(records)} held-out retrievals")
+        results["lower_answer_loss"] = lower
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)
