@@ -2,14 +2,15 @@
 documentation that ships with CPython (`pydoc_data.topics`), for a real tokenizer. Nothing is downloaded.
 
 Long input, short output (documents of `context_chars` characters, about 4.4 per SmolLM2 token):
-    code      three facts "The secret code of NAME is CODE." (7-digit codes) at random sentence boundaries of consecutive
-              documentation paragraphs; "What is the secret code of NAME? Answer with the number only." for the
-              first; the answer is its code (`longalign_hf.data.synthetic.fact_retrieval_sample`).
+    code      three facts "The secret code of NAME is CODE." (7-digit codes) at random sentence boundaries of
+              consecutive documentation paragraphs; "What is the secret code of NAME? Answer with the number only."
+              for the first; the answer is its code (`longalign_hf.data.synthetic.fact_retrieval_sample`).
     word      the same facts as "The password of the NAME room is WORD." (three different words of a list of 40);
               "What is the password of the NAME room? Answer with the word only."; the answer is the word.
 Short input, long output (answers of `answer_chars` characters):
     continue  "Continue this passage of the Python documentation: FIRST SENTENCE"; the answer is the rest of that
-              paragraph (a prose one), cut at the first sentence end past `answer_chars`. Held-out paragraphs are never training paragraphs.
+              paragraph (a prose one), cut at the first sentence end past `answer_chars`. Held-out paragraphs are
+              never training paragraphs.
     count     "Count from A to B, separated by spaces."; the answer is "A A+1 ... B" (a digit is a token: 1/16 of
               `answer_chars` numbers, about as many tokens as `continue`'s answers).
 """
@@ -85,7 +86,7 @@ def _continue_sample(rng: random.Random, paragraphs: list[str], chars: int) -> t
 
 
 def make_sample(task: str, rng: random.Random, sizes: MixSizes, paragraphs: list[str]) -> dict:
-    """One sample of `task`, drawn with `rng` from `paragraphs`: `{"task", "messages": [user, assistant], "answer"}`."""
+    """One sample of `task` drawn with `rng` from `paragraphs`: `{"task", "messages": [user, assistant], "answer"}`."""
     if task == "code":
         record = fact_retrieval_sample(rng, paragraphs, rng.randint(*sizes.context_chars), 3, short_answer=True)
         prompt, answer = record["messages"][1]["content"], record["messages"][2]["content"]

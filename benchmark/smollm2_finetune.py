@@ -34,7 +34,8 @@ CONFIG = "recipes/configs/smollm2-135m-cpu.yaml"
 
 
 def heldout_records(config: dict, count: int, seed: int) -> list[dict]:
-    """`count` long retrievals drawn with `seed`, sized as the recipe's generated data; none asks a training question."""
+    """`count` long retrievals drawn with `seed`, sized as the recipe's generated data, none asking a question that
+    the training data asks."""
     from longalign_hf.data.synthetic import long_tailed_chat_data
 
     sizes = {

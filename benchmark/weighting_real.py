@@ -211,7 +211,8 @@ def print_report(results: dict) -> None:
             ])  # fmt: skip
     print_table(["task", "kind", "mode", "answer loss", "exact match", "token accuracy"], rows)
     print(
-        f"\nFine-tuning: {settings['steps']} optimizer steps per run, a step = 1 pack of {settings['max_length']} tokens"
+        f"\nFine-tuning: {settings['steps']} optimizer steps per run, a step = 1 pack of {settings['max_length']}"
+        " tokens"
         f" (pack) or {settings['naive_samples_per_step']} samples (naive); the upper {settings['trainable_layers']}"
         f" layers train, AdamW lr {settings['learning_rate']}, cosine\n"
     )

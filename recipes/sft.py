@@ -250,7 +250,8 @@ def load_data(
     script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool, seed: int, check_rows: bool
 ):
     """The training data: a mixture (shuffled with `seed`), one data set (Hub id, file or folder), or the embedded
-    default's (also with --generated_data). With `check_rows`, a row without a usable conversation stops the run with its source and row."""
+    default's (also with --generated_data). With `check_rows`, a row without a usable conversation stops the run with
+    its source and row."""
     if script_args.generated_data and (mixture.datasets or script_args.dataset_name):
         raise UserInputError("--generated_data and a `datasets:` mixture or --dataset_name are both set; use one")
     if mixture.datasets and script_args.dataset_name:
@@ -319,8 +320,8 @@ def dataset_names(script_args: LongAlignScriptArguments, mixture: DatasetMixture
         return [script_args.dataset_name]
     if embedded or script_args.generated_data:
         return [
-            f"{'embedded' if embedded else 'generated'} long-tailed chat data ({script_args.default_num_short} short + {script_args.default_num_long} "
-            "long samples, longalign_hf.data.synthetic)"
+            f"{'embedded' if embedded else 'generated'} long-tailed chat data ({script_args.default_num_short} short"
+            f" + {script_args.default_num_long} long samples, longalign_hf.data.synthetic)"
         ]
     return []
 

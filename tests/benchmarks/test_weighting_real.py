@@ -1,4 +1,5 @@
-"""benchmark/weighting_real.py: its task mix is right, its quick run reports what it says, its verdict follows its rule."""
+"""benchmark/weighting_real.py: its task mix is right, its quick run reports what it says, its verdict follows its
+rule; benchmark/smollm2_finetune.py's quick run."""
 
 import json
 import os
