@@ -62,10 +62,24 @@ TINY_DEFAULTS = {
 
 @dataclass
 class LongAlignScriptArguments(ScriptArguments):
-    """TRL's script arguments plus the size of the embedded default data."""
+    """TRL's script arguments plus the generated data: whether a real model trains on it, and its size."""
 
-    default_num_short: int = field(default=240, metadata={"help": "Embedded default: short chat samples."})
-    default_num_long: int = field(default=40, metadata={"help": "Embedded default: long retrieval samples."})
+    generated_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Train --model_name_or_path on the data made in code from the Python documentation "
+            "(longalign_hf.data.synthetic, sized by the default_* options), as the embedded default always does."
+        },
+    )
+    default_num_short: int = field(default=240, metadata={"help": "Generated data: short chat samples."})
+    default_num_long: int = field(default=40, metadata={"help": "Generated data: long retrieval samples."})
+    default_min_long_chars: int = field(
+        default=1000, metadata={"help": "Generated data: shortest long sample, in characters (~4.4 per real token)."}
+    )
+    default_max_long_chars: int = field(default=4000, metadata={"help": "Generated data: longest long sample."})
+    default_num_facts: int = field(
+        default=1, metadata={"help": "Generated data: facts per long sample, one asked, the others distractors."}
+    )
 
 
 def make_parser() -> TrlParser:
@@ -236,7 +250,10 @@ def load_data(
     script_args: LongAlignScriptArguments, mixture: DatasetMixtureConfig, embedded: bool, seed: int, check_rows: bool
 ):
     """The training data: a mixture (shuffled with `seed`), one data set (Hub id, file or folder), or the embedded
-    default's. With `check_rows`, a row without a usable conversation stops the run with its source and row."""
+    default's (also with --generated_data). With `check_rows`, a row without a usable conversation stops the run with
+    its source and row."""
+    if script_args.generated_data and (mixture.datasets or script_args.dataset_name):
+        raise UserInputError("--generated_data and a `datasets:` mixture or --dataset_name are both set; use one")
     if mixture.datasets and script_args.dataset_name:
         raise UserInputError(
             "both a `datasets:` mixture and --dataset_name are set; use one (copy the recipe YAML without its "
@@ -265,11 +282,18 @@ def load_data(
         if check_rows:
             check_conversations(dataset, source=script_args.dataset_name)
         return dataset
-    if embedded:
-        records = long_tailed_chat_data(script_args.default_num_short, script_args.default_num_long)
+    if embedded or script_args.generated_data:
+        records = long_tailed_chat_data(
+            script_args.default_num_short,
+            script_args.default_num_long,
+            max_chars=script_args.default_max_long_chars,
+            min_long_chars=script_args.default_min_long_chars,
+            num_facts=script_args.default_num_facts,
+        )
         return datasets.Dataset.from_list(records)
     raise UserInputError(
-        "no training data: set --dataset_name (Hub id, .jsonl/.json/.parquet file or folder) or `datasets:`"
+        "no training data: set --dataset_name (Hub id, .jsonl/.json/.parquet file or folder), `datasets:`, or "
+        "--generated_data"
     )
 
 
@@ -294,10 +318,10 @@ def dataset_names(script_args: LongAlignScriptArguments, mixture: DatasetMixture
         return [d.path for d in mixture.datasets]
     if script_args.dataset_name:
         return [script_args.dataset_name]
-    if embedded:
+    if embedded or script_args.generated_data:
         return [
-            f"embedded long-tailed chat data ({script_args.default_num_short} short + {script_args.default_num_long} "
-            "long samples, longalign_hf.data.synthetic)"
+            f"{'embedded' if embedded else 'generated'} long-tailed chat data ({script_args.default_num_short} short"
+            f" + {script_args.default_num_long} long samples, longalign_hf.data.synthetic)"
         ]
     return []
 

@@ -4,11 +4,13 @@ import glob
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
+import yaml
 from launch import accelerate_launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -108,7 +110,9 @@ def test_every_recipe_parses(recipe, path):
     # A renamed TRL/transformers field fails here rather than on a user's cluster.
     script_args, training_args, model_args, mixture = recipe.parse_args(["--config", path, "--use_cpu", "true"])
     assert training_args.batching in ("naive", "sort", "pack") and training_args.loss_weighting == "sequence"
-    if "tiny" not in path:
+    if path.endswith("-cpu.yaml"):  # sized for a CPU, on generated data; the others are the paper's settings
+        assert script_args.generated_data or not model_args.model_name_or_path
+    else:
         assert model_args.model_name_or_path and training_args.max_length >= 32768 and mixture.datasets
         assert (
             training_args.learning_rate == 2e-5
@@ -145,6 +149,43 @@ def test_a_mixture_and_a_dataset_name_together_are_refused(recipe):
     script_args, _, _, mixture = recipe.parse_args(["--config", config, "--use_cpu", "true", "--dataset_name", "x"])
     with pytest.raises(ValueError, match="use one"):
         recipe.load_data(script_args, mixture, embedded=False, seed=0, check_rows=True)
+
+
+def test_generated_data_and_a_dataset_name_together_are_refused(recipe):
+    config = os.path.join(ROOT, "recipes", "configs", "smollm2-135m-cpu.yaml")
+    script_args, _, _, mixture = recipe.parse_args(["--config", config, "--dataset_name", "x"])
+    with pytest.raises(ValueError, match="--generated_data and .* --dataset_name are both set; use one"):
+        recipe.load_data(script_args, mixture, embedded=False, seed=0, check_rows=True)
+
+
+def test_the_smollm2_recipe_adapts_the_upper_10_of_30_layers():
+    with open(os.path.join(ROOT, "recipes", "configs", "smollm2-135m-cpu.yaml")) as handle:
+        (pattern,) = yaml.safe_load(handle)["lora_target_modules"]
+    projections = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                   "mlp.up_proj", "mlp.down_proj"]  # fmt: skip
+    names = [f"model.layers.{i}.{p}" for i in range(30) for p in projections] + ["model.embed_tokens", "lm_head"]
+    # peft matches a string target_modules with re.fullmatch against each module's name.
+    assert [name for name in names if re.fullmatch(pattern, name)] == names[20 * 7 : 30 * 7]
+
+
+def test_the_smollm2_recipe_trains_a_local_model_on_generated_retrievals(recipe, tiny_dir, tmp_path):
+    config = os.path.join(ROOT, "recipes", "configs", "smollm2-135m-cpu.yaml")
+    output_dir = tmp_path / "out"
+    # The config's path on the tiny model: its two layers take LoRA on q/v, its retrievals are short.
+    args = recipe.parse_args(["--config", config, "--model_name_or_path", tiny_dir, "--lora_target_modules", "q_proj",
+                              "v_proj", "--max_length", "1024", "--max_steps", "2", "--default_num_short", "4",
+                              "--default_num_long", "3", "--default_min_long_chars", "400",
+                              "--default_max_long_chars", "800", "--output_dir", str(output_dir)])  # fmt: skip
+    trainer = recipe.main(*args)
+    assert trainer.state.global_step == 2 and trainer.args.loss_weighting == "sequence"
+    # One document of the data holds three facts and asks one.
+    prompts = [row["messages"][1]["content"] for row in recipe.load_data(args[0], args[3], False, 0, True)]
+    long_prompts = [prompt for prompt in prompts if "What is the secret code of" in prompt]
+    assert len(prompts) == 7 and len(long_prompts) == 3
+    assert all(prompt.count("The secret code of") == 3 for prompt in long_prompts)
+    assert (output_dir / "adapter_model.safetensors").exists()
+    card = (output_dir / "README.md").read_text()
+    assert "generated long-tailed chat data (4 short + 3 long samples, longalign_hf.data.synthetic)" in card
 
 
 def test_a_mixture_is_shuffled_with_the_run_seed(recipe, tmp_path):
