@@ -54,10 +54,12 @@ def grouped_bars(
     log: bool = False,
     horizontal: bool = False,
     label_rotation: float = 0,
+    labels_inside: bool = False,
 ) -> dict:
     """Draw one bar per (group, series) on `axes`, the series side by side within each group; `None`: no bar.
 
-    `labels` are the texts written at the end of each bar (the table's cells), `spread` the (low, high) of each bar
+    `labels` are the texts written at the end of each bar (the table's cells), or in its middle with `labels_inside`
+    (where a line drawn just above the bars, such as a target, must stay visible); `spread` the (low, high) of each bar
     drawn as a whisker. The value axis is logarithmic with `log` and leaves room for the labels. Returns
     `{series name: BarContainer}`.
     """
@@ -80,8 +82,8 @@ def grouped_bars(
         if labels and labels.get(name):
             # On a white box: a target or chance line passing through a label leaves it readable.
             box = {"facecolor": "white", "edgecolor": "none", "pad": 0.5, "alpha": 0.85}
-            axes.bar_label(container, labels=list(labels[name]), padding=3, fontsize=8, rotation=label_rotation,
-                           bbox=box)  # fmt: skip
+            axes.bar_label(container, labels=list(labels[name]), padding=0 if labels_inside else 3, fontsize=8,
+                           rotation=label_rotation, bbox=box, label_type="center" if labels_inside else "edge")  # fmt: skip
         containers[name] = container
     (axes.set_yticks if horizontal else axes.set_xticks)(range(len(groups)), list(groups))
     _leave_room_for_labels(axes, series, spread, log, horizontal, label_rotation)

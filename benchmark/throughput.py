@@ -136,14 +136,15 @@ def chart(results: list[dict], path: str, command: str, repeats: int):
         ]
     figure, (axes,) = new_figure(width=11.0, height=5.4)
     groups = [f"{n} process{'es' if n > 1 else ''}" for n in processes]
-    containers = grouped_bars(axes, groups, series, labels, spread if repeats > 1 else None)
+    # Labels inside the bars: the target line just above the packing bars stays in sight.
+    containers = grouped_bars(axes, groups, series, labels, spread if repeats > 1 else None, labels_inside=True)
     target_label = f"target: pack >= {TARGET_PACK_OVER_NAIVE:g}x naive (2+ processes)"
     for group, n in enumerate(processes):
         naive, packs = cell.get(("naive", n)), [containers[mode][group] for mode in modes if mode.startswith("pack")]
         if n > 1 and naive and packs:
             left, right = min(b.get_x() for b in packs), max(b.get_x() + b.get_width() for b in packs)
             target = TARGET_PACK_OVER_NAIVE * naive["tokens"] / naive["runtime"]
-            axes.hlines(target, left, right, colors="0.2", linestyles="--", label=target_label)
+            axes.hlines(target, left, right, colors="0.2", linestyles="--", linewidth=1.5, label=target_label)
             target_label = None  # one legend entry
             axes.set_ylim(top=max(axes.get_ylim()[1], 1.15 * target))
     axes.set_ylabel("training throughput (tokens/s, real tokens, no padding)")

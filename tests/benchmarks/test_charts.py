@@ -52,6 +52,12 @@ def test_throughput_chart_draws_tokens_per_second_and_the_ratio_to_naive(benchma
     # width 0.2: from 1.0 to 1.4).
     ((start, end),) = _lines(axes, "target")
     assert start[1] == end[1] == 2000 and (start[0], end[0]) == pytest.approx((1.0, 1.4))
+    # The labels sit inside their bars, so none covers the target line drawn just above the packing bars.
+    patches = [patch for container in axes.containers if hasattr(container, "patches") for patch in container.patches]
+    renderer = figure.canvas.get_renderer()
+    for text, patch in zip(axes.texts, patches, strict=True):
+        label, bar = text.get_window_extent(renderer), patch.get_window_extent(renderer)
+        assert bar.y0 < label.y0 and label.y1 < bar.y1, (text.get_text(), label, bar)
     assert [tick.get_text() for tick in axes.get_xticklabels()] == ["1 process", "2 processes"]
     assert "tokens/s" in axes.get_ylabel() and "40 samples, 20,000 tokens" in _title(figure)
 
