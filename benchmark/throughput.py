@@ -120,8 +120,9 @@ def vs_naive(result: dict, results: list[dict]) -> float:
 def chart(results: list[dict], path: str, command: str, repeats: int):
     """Draw `results` as the table shows them: tokens/s per mode (bars) and process count (groups); returns the figure.
 
-    Each bar is the median run's tokens/s, its whisker (from 2 runs on) the slowest and fastest run's, its label the
-    table's tokens/s and "vs naive" cells. Over the packing bars of 2+ processes a dashed line marks the target (2x naive's tokens/s).
+    Each bar is the median run's tokens/s, its whisker (from 2 runs on) the slowest and fastest run's, its label (inside
+    the bar) the table's tokens/s and "vs naive" cells. Over the packing bars of 2+ processes a dashed line marks the
+    target (2x naive's tokens/s).
     """
     processes = list(dict.fromkeys(r["processes"] for r in results))
     cell = {(r["mode"], r["processes"]): r for r in results}
