@@ -1,5 +1,8 @@
 """Smoke tests: the quick variants of the benchmark scripts run and print their tables (no timing asserted)."""
 
+import sys
+from importlib import metadata
+
 import numpy as np
 import pytest
 import torch
@@ -178,10 +181,15 @@ def test_packed_attention_quick(benchmark, capsys):
 def test_planner_vs_trl_quick(benchmark, capsys, tmp_path, monkeypatch):
     module = benchmark("planner_vs_trl")
     figures = _drawn(module, monkeypatch)
+    for name in ("axolotl", "axolotl.utils", "axolotl.utils.samplers", "axolotl.utils.samplers.multipack"):
+        monkeypatch.setitem(sys.modules, name, None)  # as where axolotl is not installed (CI): its rows are skipped
     rows = module.main(["--quick", "--repeats", "1", "--chart", str(tmp_path / "planner_vs_trl.png")])
     out = capsys.readouterr().out
     header = "| method | token columns copied | seconds | time / plan_packs bfd | packs | fill |"
     assert header in out
+    (skipped,) = [line for line in out.splitlines() if "axolotl" in line]
+    assert skipped.startswith("# axolotl rows skipped: cannot import axolotl.utils.samplers.multipack (")
+    assert skipped.endswith("; to add them: pip install --no-deps axolotl==0.19.0 numba==0.68.1 llvmlite==0.50.0")
     # The chart: every method of the table, named as there, with its seconds and fill.
     assert_png(tmp_path / "planner_vs_trl.png")
     seconds, fill = figures[0].axes
@@ -212,6 +220,63 @@ def test_planner_vs_trl_quick(benchmark, capsys, tmp_path, monkeypatch):
         position_ids = DataCollatorForLanguageModeling.get_position_ids_from_packed_seq_lengths(packed["seq_lengths"])
         assert [len(ids) for ids in position_ids] == row_tokens
         assert sum(int((ids == 0).sum()) for ids in position_ids) == len(lengths)  # one restart per sample
+
+
+def _fit(lengths, order, max_length: int, first_fit: bool, max_samples: int | None) -> list[list[int]]:
+    """Packs of `lengths` in `order`, plain Python: each sample into the first pack it fits (first_fit) or the last."""
+    packs, tokens = [], []
+    for index in order:
+        candidates = range(len(packs)) if first_fit else range(max(len(packs) - 1, 0), len(packs))
+        fits = [p for p in candidates if tokens[p] + lengths[index] <= max_length
+                and (max_samples is None or len(packs[p]) < max_samples)]  # fmt: skip
+        if fits:
+            packs[fits[0]].append(index)
+            tokens[fits[0]] += int(lengths[index])
+        else:
+            packs.append([index])
+            tokens.append(int(lengths[index]))
+    return packs
+
+
+def test_planner_vs_trl_axolotl_rows_pack_as_axolotls_trainer(benchmark):
+    packer = benchmark("_axolotl_packer")
+    multipack, why = packer.multipack_or_reason()
+    if multipack is None:
+        pytest.skip(f"axolotl's rows: {why}")
+    module = benchmark("planner_vs_trl")
+    lengths = benchmark("_lengths").long_tailed_lengths(1980, 20, seed=3, max_length=8192)
+    rows = module.run(lengths, max_length=8192, repeats=1, trl_whole=False, axolotl=multipack, seed=5)
+    first_fit, next_fit = rows[-2:]
+    assert [row["library"] for row in rows[-2:]] == [f"axolotl {metadata.version('axolotl')}"] * 2
+    assert first_fit["method"].startswith("axolotl multipack, as its trainer")
+    # The order axolotl's trainer packs in: a RandomSampler's, here seeded; then first-fit of at most 200 samples a
+    # pack, or next-fit (which has no sample cap), by hand.
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(5)).tolist()
+    for row, first, cap in ((first_fit, True, 200), (next_fit, False, None)):
+        expected = _fit(lengths, order, 8192, first, cap)
+        assert all(lengths[pack].sum() <= 8192 for pack in expected)
+        plan = packer.multipack_plan(multipack, lengths, 8192, sequential=not first, seed=5)
+        assert sorted(map(sorted, plan)) == sorted(map(sorted, expected))
+        assert (row["packs"], row["samples"], row["tokens"], row["dropped"]) == (
+            len(expected),
+            len(lengths),
+            lengths.sum(),
+            0,
+        )
+        assert row["fill"] == pytest.approx(lengths.sum() / (len(expected) * 8192))
+    # The trainer's bin_size: 500 samples of 16 tokens fit 8,192 tokens, but not 200 samples.
+    assert [len(pack) for pack in packer.multipack_plan(multipack, np.full(500, 16), 8192)] == [200, 200, 100]
+
+
+def test_planner_vs_trl_counts_what_axolotls_plan_drops(benchmark):
+    check = benchmark("_axolotl_packer").check_multipack_plan
+    lengths = np.array([5, 3, 4, 2])
+    assert check([[0, 1], [3]], lengths, 8) == {"packs": 2, "samples": 3, "tokens": 10, "dropped": 1,
+                                                "dropped_tokens": 4}  # fmt: skip
+    with pytest.raises(AssertionError, match="twice"):
+        check([[0, 1], [1, 2, 3]], lengths, 9)
+    with pytest.raises(AssertionError, match="more than 7 tokens"):
+        check([[0, 1], [2, 3]], lengths, 7)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 The quick runs of throughput, planner_vs_trl and sequence_parallel (test_benchmarks.py) check their charts against
 the printed tables; the scripts whose quick run is not launched there are driven here through `main` with `run`
-replaced by hand-made results, so the table and the chart come from the same call.
+replaced by hand-made results, so the table and the chart come from the same call; so are planner_vs_trl's axolotl
+rows, which need axolotl (not installed in CI).
 """
 
 import math
@@ -65,9 +66,11 @@ def test_throughput_chart_draws_tokens_per_second_and_the_ratio_to_naive(benchma
 def test_planner_vs_trl_chart_draws_seconds_on_a_log_scale_and_fill(benchmark, tmp_path):
     module = benchmark("planner_vs_trl")
     rows = [
-        {"method": "plan_packs bfd", "seconds": 0.5, "vs_ours": 1.0, "packs": 10, "fill": 0.99},
-        {"method": "TRL bfd over the whole set", "seconds": 50.0, "vs_ours": 100.0, "packs": 11, "fill": 0.9},
-    ]
+        {"method": "plan_packs bfd", "library": "longalign_hf", "seconds": 0.5, "vs_ours": 1.0, "packs": 10,
+         "fill": 0.99},
+        {"method": "TRL bfd over the whole set", "library": "TRL 9.9", "seconds": 50.0, "vs_ours": 100.0, "packs": 11,
+         "fill": 0.9},
+    ]  # fmt: skip
     figure = module.chart(rows, tmp_path / "planner.png", "python benchmark/planner_vs_trl.py", "2 lengths", 64, 3)
     assert_png(tmp_path / "planner.png")
     seconds, fill = figure.axes
@@ -77,7 +80,51 @@ def test_planner_vs_trl_chart_draws_seconds_on_a_log_scale_and_fill(benchmark, t
     assert seconds.get_xscale() == "log" and fill.get_xlim() == (0, 1.25)
     assert [tick.get_text() for tick in seconds.get_yticklabels()] == [row["method"] for row in rows]
     assert [patch.get_facecolor() for patch in seconds.containers[0]][1] != seconds.containers[0][0].get_facecolor()
-    assert _legend(fill)[0] == "longalign_hf" and _legend(fill)[1].startswith("TRL ")
+    assert _legend(fill) == ["longalign_hf", "TRL 9.9"]
+    assert "vs TRL's pack_dataset" in _title(figure) and "axolotl" not in _title(figure)
+
+
+def test_planner_vs_trl_main_prints_and_draws_axolotl_rows(benchmark, tmp_path, monkeypatch, capsys):
+    # axolotl's rows as `run` returns them when axolotl imports (faked here: CI has no axolotl), one dropping samples.
+    module = benchmark("planner_vs_trl")
+    common = {"columns": "", "samples": 100, "tokens": 6000}
+    rows = [
+        {"method": "plan_packs bfd", "library": "longalign_hf", "seconds": 0.01, "packs": 1, "fill": 0.91, **common},
+        {"method": "TRL bfd over the whole set", "library": "TRL 9.9", "seconds": 0.2, "packs": 1, "fill": 0.91,
+         **common},
+        {"method": "axolotl first-fit", "library": "axolotl 0.19.0", "seconds": 0.3, "packs": 1, "fill": 0.91,
+         "dropped": 0, "dropped_tokens": 0, **common},
+        {"method": "axolotl next-fit", "library": "axolotl 0.19.0", "seconds": 0.1, "packs": 2, "fill": 0.44,
+         "dropped": 3, "dropped_tokens": 240, **{**common, "samples": 97, "tokens": 5760}},
+    ]  # fmt: skip
+    for row in rows:
+        row["vs_ours"] = row["seconds"] / 0.01
+    monkeypatch.setattr(module, "run", lambda *args, **kwargs: rows)
+    monkeypatch.setattr(module._axolotl_packer, "multipack_or_reason", lambda: (object(), ""))
+    monkeypatch.setattr(module._axolotl_packer, "describe", lambda: "# axolotl 0.19.0: as its trainer")
+    figures, chart = [], module.chart
+    monkeypatch.setattr(module, "chart", lambda *args, **kwargs: figures.append(chart(*args, **kwargs)))
+    module.main(["--quick", "--chart", str(tmp_path / "planner.png")])
+    out = capsys.readouterr().out
+    assert "\n# axolotl 0.19.0: as its trainer\n" in out and "skipped" not in out
+    assert "| axolotl first-fit |  | 0.3 | 30x | 1 | 0.91000 |" in out
+    assert "| axolotl next-fit |  | 0.1 | 10x | 2 | 0.44000 |" in out
+    # Dropped samples are said under the table, never hidden.
+    assert out.rstrip().endswith(
+        "Every method packed each of the 5,000 samples exactly once (6,889,087 tokens), except: axolotl next-fit "
+        "dropped 3 (240 tokens); the rest at most once."
+    )
+    assert_png(tmp_path / "planner.png")
+    (figure,) = figures
+    seconds, fill = figure.axes
+    assert bars(seconds) == {"seconds": [0.01, 0.2, 0.3, 0.1]}
+    assert bar_labels(fill)["fill"][2:] == ["0.91000", "0.44000 (3 samples dropped)"]
+    # One colour and one legend entry per library, named with its version.
+    colors = [patch.get_facecolor() for patch in seconds.containers[0]]
+    assert colors[2] == colors[3] and len({colors[0], colors[1], colors[2]}) == 3
+    assert [patch.get_facecolor() for patch in fill.get_legend().get_patches()] == colors[:3]
+    assert _legend(fill) == ["longalign_hf", "TRL 9.9", "axolotl 0.19.0"]
+    assert "vs TRL's pack_dataset and axolotl's multipack sampler" in _title(figure)
 
 
 def test_loss_memory_main_draws_its_table(benchmark, tmp_path, monkeypatch, capsys):
